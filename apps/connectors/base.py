@@ -1,0 +1,59 @@
+"""The interface every ERP connector implements, and how each one keeps postings exactly-once.
+
+A connector takes plain documents (``apps.connectors.documents``), talks to one ERP, and returns a
+``PostResult`` or raises one of the errors in ``apps.core.errors``. It never reads the database.
+
+Exactly-once is shared work. The hub guarantees one posting row per (connection, operation,
+document, version) and a single executor per row at a time. The connector guarantees that a
+repeated call for the same external reference does not create a second document: through the
+ERP's own idempotency mechanism where it has one, or by looking the document up by its external
+reference before creating it where it has none (``dedupe_strategy`` says which).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+from apps.connectors.documents import (
+    CustomerDocument,
+    InvoiceDocument,
+    PaymentDocument,
+    PostResult,
+)
+
+OPERATION_ENSURE_CUSTOMER = "ensure_customer"
+OPERATION_POST_INVOICE = "post_invoice"
+OPERATION_APPLY_PAYMENT = "apply_payment"
+
+
+class ERPConnector(abc.ABC):
+    kind: ClassVar[str]
+    dedupe_strategy: ClassVar[str]
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        """``settings`` is the connection's resolved configuration (secrets already read)."""
+        self.settings = settings
+
+    @abc.abstractmethod
+    def ensure_customer(self, doc: CustomerDocument) -> PostResult:
+        """Create the customer, or update and return the one already holding ``doc.external_ref``."""
+
+    @abc.abstractmethod
+    def post_invoice(self, doc: InvoiceDocument) -> PostResult:
+        """Create and post (validate) the invoice; idempotent on ``doc.external_ref``."""
+
+    @abc.abstractmethod
+    def apply_payment(self, doc: PaymentDocument) -> PostResult:
+        """Record the payment against the invoice; idempotent on ``doc.external_ref``."""
+
+    @abc.abstractmethod
+    def find_document(self, operation: str, external_ref: str) -> PostResult | None:
+        """Look up what an earlier call of ``operation`` for ``external_ref`` left in the ERP.
+
+        Returns the result only when the work is complete (for an invoice: posted). Used after an
+        ``UncertainOutcome`` before anything is sent again.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release sessions or sockets."""

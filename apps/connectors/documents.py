@@ -1,0 +1,86 @@
+"""Plain canonical documents handed to connectors. Connectors never touch the ORM: the posting
+executor turns rows into these frozen dataclasses and connector results back into state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+
+
+@dataclass(frozen=True)
+class Address:
+    line1: str = ""
+    line2: str = ""
+    city: str = ""
+    postal_code: str = ""
+    state: str = ""
+    country: str = ""  # ISO 3166-1 alpha-2
+
+
+@dataclass(frozen=True)
+class CustomerDocument:
+    external_ref: str  # stable, unique per hub: "<source>:<source_id>"
+    name: str
+    email: str = ""
+    currency: str = ""
+    tax_id: str = ""
+    legal_entity: str = ""
+    payment_terms_days: int | None = None
+    bill_to: Address = field(default_factory=Address)
+    sold_to: Address = field(default_factory=Address)
+    correlation_id: str = ""
+
+
+@dataclass(frozen=True)
+class InvoiceLineDocument:
+    description: str
+    quantity: Decimal
+    unit_amount_minor: int  # excluding tax
+    amount_minor: int  # excluding tax, = quantity * unit amount (rounded by the billing engine)
+    revenue_account: str  # the ERP's account identifier, from the connection's mapping
+    tax_code: str = ""  # the ERP's tax identifier, from the mapping; "" for no tax
+    tax_minor: int = 0
+    period_start: date | None = None
+    period_end: date | None = None
+
+
+@dataclass(frozen=True)
+class InvoiceDocument:
+    external_ref: str  # "<source>:<source_id>", used by the connector to find the invoice again
+    number: str  # the billing engine's invoice number, for people
+    customer_ref: str
+    customer_erp_id: str  # from the posted ensure-customer posting
+    currency: str
+    invoice_date: date
+    due_date: date | None
+    lines: tuple[InvoiceLineDocument, ...]
+    subtotal_minor: int
+    tax_minor: int
+    total_minor: int
+    legal_entity: str = ""
+    correlation_id: str = ""
+
+
+@dataclass(frozen=True)
+class PaymentDocument:
+    external_ref: str  # "<source>:<payment source_id>:<invoice source_id>": one per application
+    invoice_ref: str
+    invoice_erp_id: str  # from the posted invoice posting
+    customer_erp_id: str
+    currency: str
+    amount_minor: int
+    paid_on: date
+    payment_journal: str  # the ERP's payment method / journal identifier, from the mapping
+    method: str = ""
+    correlation_id: str = ""
+
+
+@dataclass(frozen=True)
+class PostResult:
+    """What the ERP holds for a posted document: its id, a number people can search for, and
+    whatever else is worth showing beside the posting."""
+
+    erp_id: str
+    erp_number: str = ""
+    detail: dict[str, str] = field(default_factory=dict)

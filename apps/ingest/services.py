@@ -1,0 +1,178 @@
+"""Receive billing events (verify, store, answer) and normalize them into the ledger."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from celery import current_app
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from apps.core import audit, secrets
+from apps.core.correlation import correlation_scope, get_correlation_id
+from apps.ingest.models import InboxEvent, InboxStatus
+from apps.ledger import services as ledger
+from apps.ledger.commands import CustomerData, InvoiceData, PaymentData
+from apps.ledger.models import Customer, Invoice, Payment
+from apps.posting import planner
+from apps.routing.services import NoRoute
+from apps.sources import stripe as stripe_source
+from apps.sources.base import IgnoredEvent, InvalidPayload
+from apps.sources.models import BillingSource
+
+log = logging.getLogger(__name__)
+
+NORMALIZE_TASK = "ingest.normalize_event"
+_KEPT_HEADERS = ("Content-Type", "User-Agent", "Stripe-Signature", "X-Correlation-ID")
+
+
+class UnknownSource(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Receipt:
+    event: InboxEvent
+    duplicate: bool
+
+
+def active_source(name: str) -> BillingSource:
+    source = BillingSource.objects.select_related("legal_entity").filter(name=name, active=True).first()
+    if source is None:
+        raise UnknownSource(f"No active billing source is named '{name}'.")
+    return source
+
+
+def verify(source: BillingSource, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
+    """Raises SignatureError or InvalidPayload; returns the parsed envelope."""
+    tolerance = settings.HUB["STRIPE_SIGNATURE_TOLERANCE_SECONDS"]
+    stripe_source.verify_signature(
+        body, headers.get(stripe_source.SIGNATURE_HEADER), secrets.resolve_optional(source.webhook_secrets), tolerance
+    )
+    return stripe_source.parse_envelope(body)
+
+
+def store_event(source: BillingSource, envelope: dict[str, Any], body: bytes, headers: dict[str, str]) -> Receipt:
+    """Store first, answer later. A database failure propagates (the view answers 5xx)."""
+    event_id = str(envelope["id"])
+    try:
+        with transaction.atomic():
+            event = InboxEvent.objects.create(
+                source=source.name,
+                event_id=event_id,
+                event_type=str(envelope["type"])[:128],
+                headers={key: headers[key] for key in _KEPT_HEADERS if key in headers},
+                body=body.decode("utf-8"),
+                correlation_id=get_correlation_id(),
+            )
+            transaction.on_commit(lambda: send_normalize(event.pk, event.correlation_id))
+    except IntegrityError:
+        InboxEvent.objects.filter(source=source.name, event_id=event_id).update(delivery_count=F("delivery_count") + 1)
+        event = InboxEvent.objects.get(source=source.name, event_id=event_id)
+        log.info("redelivered event ignored", extra={"event_id": event_id, "source": source.name})
+        return Receipt(event, duplicate=True)
+    log.info("event stored", extra={"event_id": event_id, "source": source.name, "event_type": event.event_type})
+    return Receipt(event, duplicate=False)
+
+
+def send_normalize(event_id: int, correlation_id: str) -> bool:
+    try:
+        current_app.send_task(NORMALIZE_TASK, args=[event_id], headers={"correlation_id": correlation_id})
+    except Exception:  # noqa: BLE001 - broker down: the event is stored; the inbox sweeper sends it later
+        log.warning("broker unavailable; event stays in the inbox for the sweeper", extra={"inbox_event_id": event_id})
+        return False
+    InboxEvent.objects.filter(pk=event_id).update(enqueued_at=timezone.now())
+    return True
+
+
+def _apply(source: BillingSource, command: CustomerData | InvoiceData | PaymentData, correlation_id: str) -> None:
+    if isinstance(command, CustomerData):
+        result = ledger.upsert_customer(
+            source.name, command, legal_entity=source.legal_entity, correlation_id=correlation_id
+        )
+        if result.changed and not result.created:
+            assert isinstance(result.record, Customer)
+            planner.replan_customer_update(result.record)
+    elif isinstance(command, InvoiceData):
+        result = ledger.upsert_invoice(
+            source.name, command, legal_entity=source.legal_entity, correlation_id=correlation_id
+        )
+        assert isinstance(result.record, Invoice)
+        planner.plan_invoice(result.record)
+    else:
+        result = ledger.upsert_payment(source.name, command, correlation_id=correlation_id)
+        assert isinstance(result.record, Payment)
+        planner.plan_payment(result.record)
+
+
+def normalize_event(inbox_event_id: int) -> str:
+    """Turn one stored event into ledger changes and planned postings, all in one transaction.
+    Running it twice changes nothing the second time (ledger upserts and posting keys are
+    idempotent), so at-least-once delivery of the task is safe."""
+    with transaction.atomic():
+        event = InboxEvent.objects.select_for_update().filter(pk=inbox_event_id).first()
+        if event is None:
+            return "missing"
+        if event.status in (InboxStatus.PROCESSED, InboxStatus.IGNORED):
+            log.info("event already normalized", extra={"inbox_event_id": event.pk})
+            return str(event.status)
+        with correlation_scope(event.correlation_id):
+            source = BillingSource.objects.select_related("legal_entity").filter(name=event.source).first()
+            try:
+                if source is None:
+                    raise InvalidPayload(f"The billing source '{event.source}' no longer exists.")
+                envelope = json.loads(event.body)
+                with transaction.atomic():
+                    for command in stripe_source.parse_event(envelope):
+                        _apply(source, command, event.correlation_id)
+            except IgnoredEvent as exc:
+                return _finish(event, InboxStatus.IGNORED, str(exc))
+            except (InvalidPayload, NoRoute) as exc:
+                log.warning("event could not be normalized", extra={"inbox_event_id": event.pk, "reason": str(exc)})
+                return _finish(event, InboxStatus.FAILED, str(exc))
+            return _finish(event, InboxStatus.PROCESSED, "")
+
+
+def _finish(event: InboxEvent, status: str, error: str) -> str:
+    event.status = status
+    event.error = error
+    event.processed_at = timezone.now()
+    event.save(update_fields=["status", "error", "processed_at"])
+    if status == InboxStatus.FAILED:
+        audit.record("inbox.failed", event, reason=error)
+    return status
+
+
+def replay_event(inbox_event_id: int, *, actor: str, reason: str) -> InboxEvent:
+    """Normalize a stored event again (after a configuration fix). Idempotent downstream."""
+    with transaction.atomic():
+        event = InboxEvent.objects.select_for_update().get(pk=inbox_event_id)
+        before = {"status": event.status, "error": event.error}
+        event.status = InboxStatus.RECEIVED
+        event.error = ""
+        event.save(update_fields=["status", "error"])
+        audit.record("inbox.replayed", event, actor=actor, reason=reason, before=before, after={"status": event.status})
+        transaction.on_commit(lambda: send_normalize(event.pk, event.correlation_id))
+    return event
+
+
+def sweep_inbox(now: timezone.datetime | None = None) -> int:
+    """Re-enqueue events stored but never normalized (the broker was down, a message was lost)."""
+    now = now or timezone.now()
+    stale = now - timedelta(seconds=settings.HUB["INBOX_STALE_SECONDS"])
+    pending = (
+        InboxEvent.objects.filter(status=InboxStatus.RECEIVED, received_at__lt=now - timedelta(seconds=5))
+        .exclude(enqueued_at__gte=stale)
+        .order_by("pk")
+        .values_list("pk", "correlation_id")[:1000]
+    )
+    sent = sum(1 for pk, correlation_id in pending if send_normalize(pk, correlation_id))
+    if sent:
+        log.info("inbox sweep re-enqueued events", extra={"count": sent})
+    return sent

@@ -1,0 +1,58 @@
+"""Webhook endpoint: verify, store, answer. No business work happens in the request."""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.db import DatabaseError
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from apps.ingest import services
+from apps.sources.base import InvalidPayload, SignatureError
+
+log = logging.getLogger(__name__)
+
+
+def _error(status: int, message: str) -> JsonResponse:
+    return JsonResponse({"error": message}, status=status)
+
+
+@csrf_exempt
+@require_POST
+def receive_webhook(request: HttpRequest, source_name: str) -> JsonResponse:
+    limit = settings.HUB["WEBHOOK_MAX_BYTES"]
+    declared = request.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return _error(413, f"Body of {declared} bytes is over the {limit}-byte limit; the event was not accepted.")
+    body = request.body
+    if len(body) > limit:
+        return _error(413, f"Body of {len(body)} bytes is over the {limit}-byte limit; the event was not accepted.")
+    try:
+        source = services.active_source(source_name)
+    except services.UnknownSource as exc:
+        return _error(404, str(exc))
+    headers = dict(request.headers.items())
+    try:
+        envelope = services.verify(source, body, headers)
+    except SignatureError as exc:
+        log.warning("webhook signature refused", extra={"source": source_name, "reason": str(exc)})
+        return _error(400, f"Signature verification failed: {exc}")
+    except InvalidPayload as exc:
+        return _error(400, str(exc))
+    try:
+        receipt = services.store_event(source, envelope, body, headers)
+    except DatabaseError:
+        log.exception("could not store webhook; answering 503 so the sender retries", extra={"source": source_name})
+        return _error(503, "The event could not be stored; please retry.")
+    return JsonResponse(
+        {
+            "received": True,
+            "duplicate": receipt.duplicate,
+            "event_id": receipt.event.event_id,
+            "correlation_id": receipt.event.correlation_id,
+        },
+        status=200,
+    )

@@ -1,0 +1,88 @@
+"""What a source adapter hands the ledger: plain data, one class per canonical record.
+
+``source_version`` orders updates of one record (newer wins). ``snapshot`` marks customer data
+copied from an invoice rather than read from the customer object: it only fills blanks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+
+
+@dataclass(frozen=True)
+class CustomerData:
+    source_id: str
+    source_version: int
+    name: str
+    email: str = ""
+    currency: str = ""
+    tax_id: str = ""
+    tax_id_type: str = ""
+    payment_terms_days: int | None = None
+    bill_to: dict[str, str] = field(default_factory=dict)
+    sold_to: dict[str, str] = field(default_factory=dict)
+    snapshot: bool = False
+
+
+@dataclass(frozen=True)
+class ProductData:
+    source_id: str
+    name: str
+    kind: str = "product"
+
+
+@dataclass(frozen=True)
+class InvoiceLineData:
+    description: str
+    quantity: Decimal
+    unit_amount_minor: int
+    amount_minor: int
+    tax_minor: int = 0
+    source_line_id: str = ""
+    product_source_id: str = ""
+    product_name: str = ""
+    price_id: str = ""
+    period_start: date | None = None
+    period_end: date | None = None
+
+
+@dataclass(frozen=True)
+class InvoiceData:
+    source_id: str
+    source_version: int
+    number: str
+    customer: CustomerData
+    status: str
+    currency: str
+    subtotal_minor: int
+    tax_minor: int
+    total_minor: int
+    amount_paid_minor: int
+    invoice_date: date
+    due_date: date | None
+    lines: tuple[InvoiceLineData, ...]
+    period_start: date | None = None
+    period_end: date | None = None
+
+
+@dataclass(frozen=True)
+class PaymentApplicationData:
+    invoice_source_id: str
+    amount_minor: int
+
+
+@dataclass(frozen=True)
+class PaymentData:
+    source_id: str
+    source_version: int
+    customer_source_id: str
+    currency: str
+    amount_minor: int
+    method: str
+    settled_at: datetime
+    applications: tuple[PaymentApplicationData, ...] = ()
+
+
+LedgerCommand = CustomerData | InvoiceData | PaymentData

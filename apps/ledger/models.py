@@ -1,0 +1,200 @@
+"""The canonical ledger: what billing said, in one shape for every engine and every ERP.
+
+Identity: ``(source, source_id)`` is unique and never changes once written. ``source_version`` is
+the billing engine's own ordering stamp (for Stripe, the event's ``created``): an older version
+never overwrites a newer one, which makes normalization safe under out-of-order delivery.
+``revision`` counts amendments that change what the ERP must hold; it is part of the posting
+idempotency key.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+from apps.core.money import Money, exponent_for
+
+
+class LegalEntity(models.Model):
+    code = models.CharField(max_length=32, unique=True, help_text="Short code finance uses, e.g. US01.")
+    name = models.CharField(max_length=200)
+    country = models.CharField(max_length=2, blank=True)
+    base_currency = models.CharField(max_length=3)
+
+    class Meta:
+        verbose_name_plural = "legal entities"
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.name}"
+
+
+class SourceRecord(models.Model):
+    source = models.CharField(max_length=64, help_text="Name of the configured billing source.")
+    source_id = models.CharField(max_length=255, help_text="The billing engine's own id. Immutable.")
+    source_version = models.BigIntegerField(default=0)
+    revision = models.PositiveIntegerField(default=1)
+    correlation_id = models.CharField(max_length=100, blank=True, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        abstract = True
+
+    @property
+    def external_ref(self) -> str:
+        """The reference the hub writes into every ERP to find this document again."""
+        return f"{self.source}:{self.source_id}"
+
+
+class Customer(SourceRecord):
+    legal_entity = models.ForeignKey(LegalEntity, null=True, blank=True, on_delete=models.PROTECT)
+    name = models.CharField(max_length=255)
+    email = models.EmailField(blank=True)
+    currency = models.CharField(max_length=3, blank=True)
+    tax_id = models.CharField(max_length=64, blank=True)
+    tax_id_type = models.CharField(max_length=32, blank=True)
+    payment_terms_days = models.PositiveIntegerField(null=True, blank=True)
+    bill_to = models.JSONField(default=dict, blank=True)
+    sold_to = models.JSONField(default=dict, blank=True)
+    # Which fields came from the customer object itself (authoritative) rather than from the
+    # snapshot an invoice carries; snapshot values only fill blanks.
+    authoritative = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["source", "source_id"], name="customer_source_identity")]
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.source_id})"
+
+
+class Product(SourceRecord):
+    KIND_PRODUCT = "product"
+    KIND_PLAN = "plan"
+    kind = models.CharField(max_length=16, choices=[(KIND_PRODUCT, "Product"), (KIND_PLAN, "Plan")])
+    name = models.CharField(max_length=255)
+    product_line = models.CharField(max_length=64, blank=True)
+    revenue_category = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="Hub-wide revenue category; mappings per ERP turn it into an account.",
+    )
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["source", "source_id"], name="product_source_identity")]
+
+    def __str__(self) -> str:
+        return self.name or self.source_id
+
+
+class Invoice(SourceRecord):
+    STATUS_OPEN = "open"
+    STATUS_PAID = "paid"
+    STATUS_VOID = "void"
+    STATUS_UNCOLLECTIBLE = "uncollectible"
+    STATUS_CHOICES = [
+        (STATUS_OPEN, "Open"),
+        (STATUS_PAID, "Paid"),
+        (STATUS_VOID, "Void"),
+        (STATUS_UNCOLLECTIBLE, "Uncollectible"),
+    ]
+    number = models.CharField(max_length=64, blank=True)
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="invoices")
+    legal_entity = models.ForeignKey(LegalEntity, null=True, blank=True, on_delete=models.PROTECT)
+    status = models.CharField(max_length=16, choices=STATUS_CHOICES, default=STATUS_OPEN)
+    currency = models.CharField(max_length=3)
+    currency_exponent = models.PositiveSmallIntegerField()
+    subtotal_minor = models.BigIntegerField()
+    tax_minor = models.BigIntegerField(default=0)
+    total_minor = models.BigIntegerField()
+    amount_paid_minor = models.BigIntegerField(default=0)
+    invoice_date = models.DateField()
+    due_date = models.DateField(null=True, blank=True)
+    period_start = models.DateField(null=True, blank=True)
+    period_end = models.DateField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["source", "source_id"], name="invoice_source_identity"),
+            models.CheckConstraint(condition=models.Q(currency_exponent__lte=4), name="invoice_exponent_sane"),
+        ]
+        ordering = ["-invoice_date", "-id"]
+
+    def __str__(self) -> str:
+        return self.number or self.source_id
+
+    @property
+    def total(self) -> Money:
+        return Money(self.total_minor, self.currency)
+
+    def totals_reconcile(self) -> bool:
+        lines = list(self.lines.all())
+        return (
+            sum(line.amount_minor for line in lines) == self.subtotal_minor
+            and sum(line.tax_minor for line in lines) == self.tax_minor
+            and self.subtotal_minor + self.tax_minor == self.total_minor
+        )
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        self.currency_exponent = exponent_for(self.currency)
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+
+class InvoiceLine(models.Model):
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
+    position = models.PositiveIntegerField()
+    source_line_id = models.CharField(max_length=255, blank=True)
+    description = models.CharField(max_length=500)
+    product = models.ForeignKey(Product, null=True, blank=True, on_delete=models.PROTECT)
+    price_id = models.CharField(max_length=255, blank=True)
+    quantity = models.DecimalField(max_digits=20, decimal_places=6)
+    unit_amount_minor = models.BigIntegerField()
+    amount_minor = models.BigIntegerField(help_text="Excluding tax.")
+    tax_minor = models.BigIntegerField(default=0)
+    period_start = models.DateField(null=True, blank=True)
+    period_end = models.DateField(null=True, blank=True)
+    revenue_category = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["invoice", "position"]
+        constraints = [models.UniqueConstraint(fields=["invoice", "position"], name="invoice_line_position")]
+
+    def __str__(self) -> str:
+        return self.description
+
+
+class Payment(SourceRecord):
+    customer = models.ForeignKey(Customer, null=True, blank=True, on_delete=models.PROTECT, related_name="payments")
+    currency = models.CharField(max_length=3)
+    amount_minor = models.BigIntegerField()
+    method = models.CharField(max_length=32, blank=True, help_text="card, bank_transfer, ...")
+    settled_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["source", "source_id"], name="payment_source_identity")]
+        ordering = ["-settled_at"]
+
+    def __str__(self) -> str:
+        return f"{self.source_id} {Money(self.amount_minor, self.currency)}"
+
+
+class PaymentApplication(models.Model):
+    """The part of a payment applied to one invoice. The invoice may not have reached the ledger
+    yet (payment events can arrive first): ``invoice_source_id`` is kept and linked later."""
+
+    payment = models.ForeignKey(Payment, on_delete=models.CASCADE, related_name="applications")
+    invoice_source_id = models.CharField(max_length=255)
+    invoice = models.ForeignKey(Invoice, null=True, blank=True, on_delete=models.PROTECT, related_name="payments")
+    amount_minor = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["payment", "invoice_source_id"], name="payment_application_once")
+        ]
+
+    @property
+    def external_ref(self) -> str:
+        return f"{self.payment.external_ref}:{self.invoice_source_id}"
+
+    def __str__(self) -> str:
+        return f"{self.payment.source_id} → {self.invoice_source_id}"

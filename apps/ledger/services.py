@@ -1,0 +1,255 @@
+"""Upserts into the canonical ledger: idempotent, and safe under out-of-order delivery.
+
+Each function locks the record it changes (``select_for_update`` inside the caller's
+transaction), so two events about one invoice normalized at once apply one after the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db import transaction
+
+from apps.core import audit
+from apps.core.money import normalize_currency
+from apps.ledger.commands import CustomerData, InvoiceData, PaymentData
+from apps.ledger.models import Customer, Invoice, InvoiceLine, LegalEntity, Payment, PaymentApplication, Product
+
+# A later status wins over an earlier one stamped in the same second (Stripe's ``created`` has
+# one-second resolution, and invoice.finalized and invoice.paid often share it).
+_STATUS_RANK = {Invoice.STATUS_OPEN: 0, Invoice.STATUS_PAID: 1, Invoice.STATUS_UNCOLLECTIBLE: 1, Invoice.STATUS_VOID: 2}
+
+_CUSTOMER_FIELDS = ("name", "email", "currency", "tax_id", "tax_id_type", "payment_terms_days", "bill_to", "sold_to")
+# Fields that change what the ERP holds for the customer: a change makes a new revision.
+_CUSTOMER_ERP_FIELDS = ("name", "email", "tax_id", "bill_to")
+
+
+@dataclass(frozen=True)
+class Upserted:
+    record: Customer | Invoice | Payment
+    created: bool
+    changed: bool
+    stale: bool = False  # the incoming data was older than what the ledger holds
+
+
+def _snapshot(obj: object, fields: tuple[str, ...]) -> dict[str, object]:
+    return {name: getattr(obj, name) for name in fields}
+
+
+def upsert_customer(
+    source: str, data: CustomerData, *, legal_entity: LegalEntity | None, correlation_id: str = ""
+) -> Upserted:
+    with transaction.atomic():
+        customer, created = Customer.objects.select_for_update().get_or_create(
+            source=source,
+            source_id=data.source_id,
+            defaults={
+                "name": data.name or data.email or data.source_id,
+                "source_version": data.source_version,
+                "legal_entity": legal_entity,
+                "correlation_id": correlation_id,
+                "authoritative": not data.snapshot,
+                **{f: getattr(data, f) for f in _CUSTOMER_FIELDS if f != "name"},
+                "currency": normalize_currency(data.currency) if data.currency else "",
+            },
+        )
+        if created:
+            audit.record("customer.created", customer, after=_snapshot(customer, _CUSTOMER_FIELDS))
+            return Upserted(customer, created=True, changed=True)
+
+        before = _snapshot(customer, _CUSTOMER_FIELDS)
+        if data.snapshot:
+            # Invoice snapshots only fill what the customer object has not told us.
+            for name in _CUSTOMER_FIELDS:
+                value = getattr(data, name)
+                if value and not getattr(customer, name):
+                    setattr(customer, name, value)
+        elif data.source_version < customer.source_version and customer.authoritative:
+            return Upserted(customer, created=False, changed=False, stale=True)
+        else:
+            for name in _CUSTOMER_FIELDS:
+                value = getattr(data, name)
+                if name == "currency" and value:
+                    value = normalize_currency(value)
+                setattr(customer, name, value if value is not None else getattr(customer, name))
+            customer.name = data.name or customer.name
+            customer.source_version = max(customer.source_version, data.source_version)
+            customer.authoritative = True
+        if customer.legal_entity_id is None and legal_entity is not None:
+            customer.legal_entity = legal_entity
+        after = _snapshot(customer, _CUSTOMER_FIELDS)
+        if after == before:
+            customer.save(update_fields=["source_version", "authoritative", "legal_entity", "updated_at"])
+            return Upserted(customer, created=False, changed=False)
+        if any(before[f] != after[f] for f in _CUSTOMER_ERP_FIELDS):
+            customer.revision += 1
+        customer.save()
+        audit.record("customer.updated", customer, before=before, after=after)
+        return Upserted(customer, created=False, changed=True)
+
+
+def _product_for(source: str, source_id: str, name: str) -> Product | None:
+    if not source_id:
+        return None
+    product, _ = Product.objects.get_or_create(
+        source=source, source_id=source_id, defaults={"name": name or source_id, "kind": Product.KIND_PRODUCT}
+    )
+    return product
+
+
+def _financial_content(invoice: Invoice) -> tuple[object, ...]:
+    return (
+        invoice.currency,
+        invoice.subtotal_minor,
+        invoice.tax_minor,
+        invoice.total_minor,
+        tuple(
+            (line.description, line.quantity, line.unit_amount_minor, line.amount_minor, line.tax_minor, line.price_id)
+            for line in invoice.lines.all()
+        ),
+    )
+
+
+def _incoming_financial_content(data: InvoiceData) -> tuple[object, ...]:
+    return (
+        normalize_currency(data.currency),
+        data.subtotal_minor,
+        data.tax_minor,
+        data.total_minor,
+        tuple(
+            (
+                line.description[:500],
+                line.quantity,
+                line.unit_amount_minor,
+                line.amount_minor,
+                line.tax_minor,
+                line.price_id,
+            )
+            for line in data.lines
+        ),
+    )
+
+
+def _replace_lines(source: str, invoice: Invoice, data: InvoiceData) -> None:
+    invoice.lines.all().delete()
+    InvoiceLine.objects.bulk_create(
+        InvoiceLine(
+            invoice=invoice,
+            position=index,
+            source_line_id=line.source_line_id,
+            description=line.description[:500],
+            product=_product_for(source, line.product_source_id, line.product_name),
+            price_id=line.price_id,
+            quantity=line.quantity,
+            unit_amount_minor=line.unit_amount_minor,
+            amount_minor=line.amount_minor,
+            tax_minor=line.tax_minor,
+            period_start=line.period_start,
+            period_end=line.period_end,
+        )
+        for index, line in enumerate(data.lines, start=1)
+    )
+
+
+def upsert_invoice(
+    source: str, data: InvoiceData, *, legal_entity: LegalEntity | None, correlation_id: str = ""
+) -> Upserted:
+    with transaction.atomic():
+        customer = upsert_customer(source, data.customer, legal_entity=legal_entity, correlation_id=correlation_id)
+        invoice, created = Invoice.objects.select_for_update().get_or_create(
+            source=source,
+            source_id=data.source_id,
+            defaults={
+                "number": data.number,
+                "customer": customer.record,
+                "legal_entity": legal_entity or customer.record.legal_entity,  # type: ignore[union-attr]
+                "status": data.status,
+                "currency": normalize_currency(data.currency),
+                "subtotal_minor": data.subtotal_minor,
+                "tax_minor": data.tax_minor,
+                "total_minor": data.total_minor,
+                "amount_paid_minor": data.amount_paid_minor,
+                "invoice_date": data.invoice_date,
+                "due_date": data.due_date,
+                "period_start": data.period_start,
+                "period_end": data.period_end,
+                "source_version": data.source_version,
+                "correlation_id": correlation_id,
+            },
+        )
+        if created:
+            _replace_lines(source, invoice, data)
+            PaymentApplication.objects.filter(
+                payment__source=source, invoice_source_id=data.source_id, invoice__isnull=True
+            ).update(invoice=invoice)
+            audit.record(
+                "invoice.created", invoice, after={"status": invoice.status, "total_minor": invoice.total_minor}
+            )
+            return Upserted(invoice, created=True, changed=True)
+
+        if data.source_version < invoice.source_version or (
+            data.source_version == invoice.source_version
+            and _STATUS_RANK.get(data.status, 0) < _STATUS_RANK.get(invoice.status, 0)
+        ):
+            return Upserted(invoice, created=False, changed=False, stale=True)
+
+        before = {
+            "status": invoice.status,
+            "amount_paid_minor": invoice.amount_paid_minor,
+            "revision": invoice.revision,
+        }
+        if _incoming_financial_content(data) != _financial_content(invoice):
+            invoice.revision += 1
+            invoice.currency = normalize_currency(data.currency)
+            invoice.subtotal_minor = data.subtotal_minor
+            invoice.tax_minor = data.tax_minor
+            invoice.total_minor = data.total_minor
+            _replace_lines(source, invoice, data)
+        invoice.status = data.status
+        invoice.amount_paid_minor = data.amount_paid_minor
+        invoice.number = data.number or invoice.number
+        invoice.due_date = data.due_date or invoice.due_date
+        invoice.source_version = data.source_version
+        invoice.save()
+        after = {"status": invoice.status, "amount_paid_minor": invoice.amount_paid_minor, "revision": invoice.revision}
+        changed = before != after
+        if changed:
+            audit.record("invoice.updated", invoice, before=before, after=after)
+        return Upserted(invoice, created=False, changed=changed)
+
+
+def upsert_payment(source: str, data: PaymentData, *, correlation_id: str = "") -> Upserted:
+    with transaction.atomic():
+        customer = Customer.objects.filter(source=source, source_id=data.customer_source_id).first()
+        payment, created = Payment.objects.select_for_update().get_or_create(
+            source=source,
+            source_id=data.source_id,
+            defaults={
+                "customer": customer,
+                "currency": normalize_currency(data.currency),
+                "amount_minor": data.amount_minor,
+                "method": data.method,
+                "settled_at": data.settled_at,
+                "source_version": data.source_version,
+                "correlation_id": correlation_id,
+            },
+        )
+        changed = created
+        if not created and payment.customer_id is None and customer is not None:
+            payment.customer = customer
+            payment.save(update_fields=["customer", "updated_at"])
+        for application in data.applications:
+            _, made = PaymentApplication.objects.get_or_create(
+                payment=payment,
+                invoice_source_id=application.invoice_source_id,
+                defaults={
+                    "amount_minor": application.amount_minor,
+                    "invoice": Invoice.objects.filter(source=source, source_id=application.invoice_source_id).first(),
+                },
+            )
+            changed = changed or made
+        if created:
+            audit.record(
+                "payment.created", payment, after={"amount_minor": payment.amount_minor, "currency": payment.currency}
+            )
+        return Upserted(payment, created=created, changed=changed)

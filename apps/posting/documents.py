@@ -1,0 +1,134 @@
+"""Turn ledger rows into the plain documents a connector takes. Missing mappings and missing
+parents surface here, as the same errors a connector would raise, so the executor has one path."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from apps.connectors.documents import (
+    Address,
+    CustomerDocument,
+    InvoiceDocument,
+    InvoiceLineDocument,
+    PaymentDocument,
+)
+from apps.core.errors import BusinessRuleError
+from apps.ledger.models import Customer, Invoice, InvoiceLine, PaymentApplication
+from apps.posting.models import Operation, Posting, PostingState
+from apps.routing.models import ERPConnection, Mapping
+from apps.routing.services import MissingMapping, resolve_mapping
+
+_MAPPING_WORDS = {
+    Mapping.KIND_REVENUE_ACCOUNT: "revenue account",
+    Mapping.KIND_TAX_CODE: "tax code",
+    Mapping.KIND_PAYMENT_JOURNAL: "payment journal",
+}
+
+
+def _address(data: dict[str, str]) -> Address:
+    return Address(**{key: str(data.get(key) or "") for key in Address.__dataclass_fields__})
+
+
+def customer_document(customer: Customer) -> CustomerDocument:
+    return CustomerDocument(
+        external_ref=customer.external_ref,
+        name=customer.name,
+        email=customer.email,
+        currency=customer.currency,
+        tax_id=customer.tax_id,
+        legal_entity=customer.legal_entity.code if customer.legal_entity else "",
+        payment_terms_days=customer.payment_terms_days,
+        bill_to=_address(customer.bill_to),
+        sold_to=_address(customer.sold_to or customer.bill_to),
+        correlation_id=customer.correlation_id,
+    )
+
+
+def _erp_id_of_parent(connection: ERPConnection, operation: str, **document: object) -> str:
+    parent = (
+        Posting.objects.filter(connection=connection, operation=operation, state=PostingState.POSTED, **document)
+        .order_by("-posted_at")
+        .first()
+    )
+    if parent is None:
+        raise LookupError(f"no posted {operation} for {document}")
+    return parent.erp_id
+
+
+def _mapped(connection: ERPConnection, kind: str, keys: list[str], what: str) -> str:
+    try:
+        return resolve_mapping(connection, kind, keys)
+    except MissingMapping as exc:
+        word = _MAPPING_WORDS[kind]
+        raise BusinessRuleError(
+            f"missing_{kind}_mapping",
+            f"No {word} is mapped for {what} on ERP connection '{connection.name}'. "
+            f"Add a {word} mapping (for one of: {', '.join(exc.keys) or 'default'}) and retry.",
+            str(exc),
+        ) from exc
+
+
+def _line_document(connection: ERPConnection, line: InvoiceLine) -> InvoiceLineDocument:
+    product = line.product
+    keys = [line.price_id, product.source_id if product else "", product.revenue_category if product else ""]
+    what = f"'{product.name}' ({product.source_id})" if product else f"line '{line.description}'"
+    revenue_account = _mapped(connection, Mapping.KIND_REVENUE_ACCOUNT, keys, what)
+    tax_code = _mapped(connection, Mapping.KIND_TAX_CODE, keys, what) if line.tax_minor else ""
+    quantity, unit = line.quantity, line.unit_amount_minor
+    description = line.description
+    if quantity * unit != line.amount_minor:
+        # Tiered, volume or prorated prices: billing's amount is the truth; carry it as one unit so
+        # the ERP total equals billing's, and keep the real quantity readable.
+        description = f"{description} (quantity {quantity.normalize()})"
+        quantity, unit = type(quantity)(1), line.amount_minor
+    return InvoiceLineDocument(
+        description=description,
+        quantity=quantity,
+        unit_amount_minor=unit,
+        amount_minor=line.amount_minor,
+        revenue_account=revenue_account,
+        tax_code=tax_code,
+        tax_minor=line.tax_minor,
+        period_start=line.period_start,
+        period_end=line.period_end,
+    )
+
+
+def invoice_document(posting: Posting, invoice: Invoice) -> InvoiceDocument:
+    customer_erp_id = _erp_id_of_parent(posting.connection, Operation.ENSURE_CUSTOMER, customer=invoice.customer)
+    return InvoiceDocument(
+        external_ref=invoice.external_ref,
+        number=invoice.number,
+        customer_ref=invoice.customer.external_ref,
+        customer_erp_id=customer_erp_id,
+        currency=invoice.currency,
+        invoice_date=invoice.invoice_date,
+        due_date=invoice.due_date,
+        lines=tuple(_line_document(posting.connection, line) for line in invoice.lines.select_related("product")),
+        subtotal_minor=invoice.subtotal_minor,
+        tax_minor=invoice.tax_minor,
+        total_minor=invoice.total_minor,
+        legal_entity=invoice.legal_entity.code if invoice.legal_entity else "",
+        correlation_id=invoice.correlation_id,
+    )
+
+
+def payment_document(posting: Posting, application: PaymentApplication) -> PaymentDocument:
+    invoice = application.invoice
+    assert invoice is not None  # planned only once linked
+    payment = application.payment
+    paid_on = payment.settled_at.date() if isinstance(payment.settled_at, datetime) else payment.settled_at
+    return PaymentDocument(
+        external_ref=application.external_ref,
+        invoice_ref=invoice.external_ref,
+        invoice_erp_id=_erp_id_of_parent(posting.connection, Operation.POST_INVOICE, invoice=invoice),
+        customer_erp_id=_erp_id_of_parent(posting.connection, Operation.ENSURE_CUSTOMER, customer=invoice.customer),
+        currency=payment.currency,
+        amount_minor=application.amount_minor,
+        paid_on=max(paid_on, invoice.invoice_date),
+        payment_journal=_mapped(
+            posting.connection, Mapping.KIND_PAYMENT_JOURNAL, [payment.method], f"payment method '{payment.method}'"
+        ),
+        method=payment.method,
+        correlation_id=payment.correlation_id,
+    )

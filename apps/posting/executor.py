@@ -1,0 +1,323 @@
+"""Run one posting: claim it, call its connector, record the attempt, decide what comes next.
+
+This is the one place that turns rows into connector documents and connector outcomes into
+posting state. Every state change is a compare-and-set on (state, claim_token), so a worker that
+lost its claim (a sweeper recovered the row after it was presumed dead) cannot overwrite what
+the new owner wrote.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from apps.connectors.base import ERPConnector
+from apps.connectors.documents import PostResult
+from apps.connectors.registry import get_connector
+from apps.core import audit
+from apps.core.correlation import correlation_scope
+from apps.core.errors import (
+    BusinessRuleError,
+    ConfigurationError,
+    ConnectorError,
+    TransientError,
+    UncertainOutcome,
+)
+from apps.core.secrets import MissingSecret
+from apps.posting import dispatch
+from apps.posting.documents import customer_document, invoice_document, payment_document
+from apps.posting.models import (
+    CLAIMABLE_STATES,
+    ErrorCategory,
+    Operation,
+    Posting,
+    PostingAttempt,
+    PostingState,
+)
+
+log = logging.getLogger(__name__)
+WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    posting: Posting
+    attempt: PostingAttempt
+    token: str
+
+
+def _hub(name: str) -> float:
+    return settings.HUB[name]  # type: ignore[no-any-return]
+
+
+def backoff_seconds(attempt_count: int, retry_after: float | None = None) -> float:
+    """Exponential backoff with full jitter, never sooner than the ERP's Retry-After."""
+    ceiling = min(_hub("POSTING_BACKOFF_MAX_SECONDS"), _hub("POSTING_BACKOFF_BASE_SECONDS") * 2 ** (attempt_count - 1))
+    delay = random.uniform(ceiling / 2, ceiling)
+    return max(delay, retry_after or 0.0)
+
+
+def parent_state(posting: Posting) -> str | None:
+    if not posting.depends_on_key:
+        return None
+    return Posting.objects.filter(idempotency_key=posting.depends_on_key).values_list("state", flat=True).first() or ""
+
+
+def claim(posting_id: int) -> Claim | None:
+    """Take the row if it is ours to run now; otherwise say why not and return None."""
+    now = timezone.now()
+    posting = Posting.objects.filter(pk=posting_id).first()
+    if posting is None:
+        log.warning("posting does not exist", extra={"posting_id": posting_id})
+        return None
+    if posting.state not in CLAIMABLE_STATES:
+        log.info("posting not claimable, nothing to do", extra={"posting_id": posting_id, "state": posting.state})
+        return None
+    if posting.state == PostingState.RETRY_SCHEDULED and posting.retry_at and posting.retry_at > now:
+        log.info("retry not due yet", extra={"posting_id": posting_id, "retry_at": posting.retry_at})
+        return None
+    if parent_state(posting) not in (None, PostingState.POSTED):
+        _wait_for_parent(posting)
+        return None
+
+    token = uuid.uuid4().hex
+    with transaction.atomic():
+        won = Posting.objects.filter(pk=posting_id, state=posting.state, attempt_count=posting.attempt_count).update(
+            state=PostingState.IN_FLIGHT,
+            claim_token=token,
+            claimed_at=now,
+            attempt_count=posting.attempt_count + 1,
+            updated_at=now,
+        )
+        if not won:
+            log.info("another worker claimed the posting first", extra={"posting_id": posting_id})
+            return None
+        posting.refresh_from_db()
+        # Written before the outside call: if this worker dies mid-call the trace stays.
+        attempt = PostingAttempt.objects.create(
+            posting=posting,
+            number=posting.attempt_count,
+            worker=WORKER_NAME,
+            correlation_id=posting.correlation_id,
+        )
+    return Claim(posting, attempt, token)
+
+
+def _wait_for_parent(posting: Posting) -> None:
+    moved = Posting.objects.filter(pk=posting.pk, state__in=CLAIMABLE_STATES).update(
+        state=PostingState.WAITING, updated_at=timezone.now()
+    )
+    if moved:
+        log.info("posting waits for its parent", extra={"posting_id": posting.pk})
+        # The parent may have been posted between our read and our write: re-check so the child
+        # is never left waiting on a parent that will not release it again.
+        if parent_state(posting) == PostingState.POSTED:
+            release_waiting(posting.depends_on_key)
+
+
+def release_waiting(parent_key: str) -> list[int]:
+    ids = list(
+        Posting.objects.filter(depends_on_key=parent_key, state=PostingState.WAITING).values_list("pk", flat=True)
+    )
+    released = []
+    for posting_id in ids:
+        if Posting.objects.filter(pk=posting_id, state=PostingState.WAITING).update(
+            state=PostingState.QUEUED, updated_at=timezone.now()
+        ):
+            released.append(posting_id)
+            transaction.on_commit(lambda pid=posting_id: dispatch.send_execute(pid))
+    return released
+
+
+def _call(connector: ERPConnector, posting: Posting) -> PostResult:
+    if posting.operation == Operation.ENSURE_CUSTOMER:
+        assert posting.customer is not None
+        return connector.ensure_customer(customer_document(posting.customer))
+    if posting.operation == Operation.POST_INVOICE:
+        assert posting.invoice is not None
+        return connector.post_invoice(invoice_document(posting, posting.invoice))
+    if posting.operation == Operation.APPLY_PAYMENT:
+        assert posting.payment_application is not None
+        return connector.apply_payment(payment_document(posting, posting.payment_application))
+    raise ConfigurationError(f"unknown operation {posting.operation}")
+
+
+def _connector_for(posting: Posting) -> ERPConnector:
+    try:
+        resolved = posting.connection.resolved_settings()
+    except MissingSecret as exc:
+        raise ConfigurationError(str(exc)) from exc
+    return get_connector(posting.connection.kind, resolved)
+
+
+def execute_posting(posting_id: int) -> str:
+    """Returns the state the posting ended in (or 'skipped' when there was nothing to do)."""
+    claimed = claim(posting_id)
+    if claimed is None:
+        return "skipped"
+    posting = Posting.objects.select_related(
+        "connection", "customer", "invoice__customer", "payment_application__payment"
+    ).get(pk=posting_id)
+    with correlation_scope(posting.correlation_id):
+        return _run(Claim(posting, claimed.attempt, claimed.token))
+
+
+def _run(claimed: Claim) -> str:
+    posting = claimed.posting
+    try:
+        connector = _connector_for(posting)
+        if posting.verify_before_retry:
+            found = connector.find_document(posting.operation, posting.external_ref)
+            if found is not None:
+                return _posted(claimed, found, PostingAttempt.Outcome.FOUND)
+        result = _call(connector, posting)
+    except UncertainOutcome as exc:
+        return _retry(claimed, exc, PostingAttempt.Outcome.UNCERTAIN, verify=True)
+    except TransientError as exc:
+        return _retry(claimed, exc, PostingAttempt.Outcome.TRANSIENT, retry_after=exc.retry_after)
+    except BusinessRuleError as exc:
+        return _park(claimed, exc, ErrorCategory.BUSINESS, exc.code, exc.finance_message)
+    except ConfigurationError as exc:
+        return _park(claimed, exc, ErrorCategory.TECHNICAL, exc.code, exc.finance_message)
+    except LookupError as exc:
+        # The parent's ERP id is missing although the parent was posted when we claimed: a
+        # manual change in between. Not a business problem; retry later.
+        return _retry(claimed, ConnectorError(str(exc)), PostingAttempt.Outcome.ERROR)
+    except Exception as exc:
+        log.exception("unexpected error while posting", extra={"posting_id": posting.pk})
+        return _retry(
+            claimed, ConnectorError(f"{type(exc).__name__}: {exc}"), PostingAttempt.Outcome.ERROR, verify=True
+        )
+    return _posted(claimed, result, PostingAttempt.Outcome.POSTED)
+
+
+def _finish_attempt(claimed: Claim, outcome: str, *, erp_id: str = "", code: str = "", detail: str = "") -> None:
+    PostingAttempt.objects.filter(pk=claimed.attempt.pk).update(
+        outcome=outcome, finished_at=timezone.now(), erp_id=erp_id, error_code=code, detail=detail[:10000]
+    )
+
+
+def _transition(claimed: Claim, **fields: object) -> bool:
+    """Compare-and-set from IN_FLIGHT under our claim token."""
+    fields.setdefault("updated_at", timezone.now())
+    return bool(
+        Posting.objects.filter(pk=claimed.posting.pk, state=PostingState.IN_FLIGHT, claim_token=claimed.token).update(
+            **fields
+        )
+    )
+
+
+def _posted(claimed: Claim, result: PostResult, outcome: str) -> str:
+    posting = claimed.posting
+    with transaction.atomic():
+        _finish_attempt(claimed, outcome, erp_id=result.erp_id, detail=str(result.detail or ""))
+        if not _transition(
+            claimed,
+            state=PostingState.POSTED,
+            erp_id=result.erp_id,
+            erp_number=result.erp_number,
+            posted_at=timezone.now(),
+            verify_before_retry=False,
+            error_category="",
+            error_code="",
+            finance_message="",
+            technical_detail="",
+        ):
+            log.warning("claim lost before recording the posting", extra={"posting_id": posting.pk})
+            return "lost_claim"
+        audit.record("posting.posted", posting, after={"erp_id": result.erp_id, "erp_number": result.erp_number})
+        release_waiting(posting.idempotency_key)
+    log.info(
+        "posted",
+        extra={
+            "posting_id": posting.pk,
+            "connection": posting.connection.name,
+            "outcome": outcome,
+            "erp_id": result.erp_id,
+        },
+    )
+    return PostingState.POSTED
+
+
+def _retry(
+    claimed: Claim,
+    exc: ConnectorError,
+    outcome: str,
+    *,
+    verify: bool = False,
+    retry_after: float | None = None,
+) -> str:
+    posting = claimed.posting
+    detail = exc.technical_detail()
+    max_attempts = int(_hub("POSTING_MAX_ATTEMPTS"))
+    with transaction.atomic():
+        _finish_attempt(claimed, outcome, code=outcome, detail=detail)
+        if posting.attempt_count - posting.attempt_budget_start >= max_attempts:
+            state = PostingState.DEAD
+            moved = _transition(
+                claimed,
+                state=state,
+                verify_before_retry=verify or posting.verify_before_retry,
+                error_category=ErrorCategory.TECHNICAL,
+                error_code="retries_exhausted",
+                finance_message=(
+                    f"The ERP could not be reached or did not confirm after {posting.attempt_count} attempts. "
+                    "An integration engineer must check the connection; the posting can then be retried."
+                ),
+                technical_detail=detail,
+            )
+            if moved:
+                audit.record("posting.dead", posting, reason=detail[:500])
+            return state
+        delay = backoff_seconds(posting.attempt_count, retry_after)
+        retry_at = timezone.now() + timedelta(seconds=delay)
+        moved = _transition(
+            claimed,
+            state=PostingState.RETRY_SCHEDULED,
+            retry_at=retry_at,
+            verify_before_retry=verify or posting.verify_before_retry,
+            error_category=ErrorCategory.TECHNICAL,
+            error_code=outcome,
+            technical_detail=detail,
+        )
+        if moved and delay <= _hub("MAX_COUNTDOWN_SECONDS"):
+            dispatch.enqueue_on_commit(posting, countdown=delay)
+    log.info(
+        "retry scheduled",
+        extra={"posting_id": posting.pk, "outcome": outcome, "retry_in_seconds": round(delay, 1)},
+    )
+    return PostingState.RETRY_SCHEDULED
+
+
+def _park(claimed: Claim, exc: ConnectorError, category: str, code: str, finance_message: str) -> str:
+    posting = claimed.posting
+    detail = exc.technical_detail()
+    with transaction.atomic():
+        _finish_attempt(
+            claimed,
+            PostingAttempt.Outcome.BUSINESS
+            if category == ErrorCategory.BUSINESS
+            else PostingAttempt.Outcome.CONFIGURATION,
+            code=code,
+            detail=detail,
+        )
+        if _transition(
+            claimed,
+            state=PostingState.PARKED,
+            error_category=category,
+            error_code=code,
+            finance_message=finance_message,
+            technical_detail=detail,
+        ):
+            audit.record("posting.parked", posting, after={"code": code}, reason=finance_message)
+    log.info("parked", extra={"posting_id": posting.pk, "outcome": code, "category": category})
+    return PostingState.PARKED

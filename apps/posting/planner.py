@@ -1,0 +1,163 @@
+"""Plan the postings a canonical change needs: one row per document × connection × operation ×
+revision, with the parent each one waits for. Planning twice finds the rows planned before."""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import transaction
+
+from apps.core import audit
+from apps.ledger.models import Customer, Invoice, Payment, PaymentApplication
+from apps.posting import dispatch
+from apps.posting.models import ErrorCategory, Operation, Posting, PostingState, idempotency_key
+from apps.routing.models import ERPConnection
+from apps.routing.services import route
+
+log = logging.getLogger(__name__)
+
+
+def _plan(
+    *,
+    connection: ERPConnection,
+    operation: str,
+    source: str,
+    source_id: str,
+    revision: int,
+    depends_on_key: str = "",
+    correlation_id: str = "",
+    park: tuple[str, str, str] | None = None,
+    **document: object,
+) -> Posting:
+    key = idempotency_key(connection.name, operation, source, source_id, revision)
+    defaults: dict[str, object] = {
+        "connection": connection,
+        "operation": operation,
+        "source": source,
+        "source_id": source_id,
+        "revision": revision,
+        "depends_on_key": depends_on_key,
+        "correlation_id": correlation_id,
+        **document,
+    }
+    if park is not None:
+        code, message, detail = park
+        defaults.update(
+            state=PostingState.PARKED,
+            error_category=ErrorCategory.BUSINESS,
+            error_code=code,
+            finance_message=message,
+            technical_detail=detail,
+        )
+    posting, created = Posting.objects.get_or_create(idempotency_key=key, defaults=defaults)
+    if created:
+        audit.record("posting.planned", posting, after={"state": posting.state, "operation": operation})
+        if posting.state == PostingState.QUEUED:
+            dispatch.enqueue_on_commit(posting)
+        else:
+            audit.record("posting.parked", posting, after={"code": posting.error_code}, reason=posting.finance_message)
+    return posting
+
+
+def plan_customer(customer: Customer, connection: ERPConnection) -> Posting:
+    return _plan(
+        connection=connection,
+        operation=Operation.ENSURE_CUSTOMER,
+        source=customer.source,
+        source_id=customer.source_id,
+        revision=customer.revision,
+        correlation_id=customer.correlation_id,
+        customer=customer,
+    )
+
+
+def replan_customer_update(customer: Customer) -> list[Posting]:
+    """A changed customer is sent again only to the ERPs that already hold it."""
+    connection_ids = (
+        Posting.objects.filter(customer=customer, operation=Operation.ENSURE_CUSTOMER)
+        .values_list("connection_id", flat=True)
+        .distinct()
+    )
+    return [plan_customer(customer, connection) for connection in ERPConnection.objects.filter(pk__in=connection_ids)]
+
+
+def _invoice_problem(invoice: Invoice) -> tuple[str, str, str] | None:
+    if not invoice.totals_reconcile():
+        lines = list(invoice.lines.all())
+        return (
+            "amount_mismatch",
+            f"Invoice {invoice.number or invoice.source_id} does not add up: its lines come to "
+            f"{sum(line.amount_minor for line in lines)} plus tax {invoice.tax_minor} "
+            f"but its total is {invoice.total_minor} (minor units of {invoice.currency}). "
+            "Correct the invoice in billing, or skip it with a reason.",
+            f"subtotal_minor={invoice.subtotal_minor} tax_minor={invoice.tax_minor} total_minor={invoice.total_minor} "
+            f"line amounts={[line.amount_minor for line in lines]} line taxes={[line.tax_minor for line in lines]}",
+        )
+    if invoice.revision > 1 and Posting.objects.filter(invoice=invoice, operation=Operation.POST_INVOICE).exists():
+        return (
+            "amended_after_posting",
+            f"Invoice {invoice.number or invoice.source_id} changed in billing after it was sent to the ERP "
+            f"(revision {invoice.revision}). Review it and correct the ERP document by hand, then skip this posting.",
+            "amendment postings are not supported by this hub version",
+        )
+    return None
+
+
+def invoice_posting_key(invoice: Invoice, connection: ERPConnection) -> str:
+    return idempotency_key(connection.name, Operation.POST_INVOICE, invoice.source, invoice.source_id, invoice.revision)
+
+
+def plan_invoice(invoice: Invoice) -> list[Posting]:
+    """Raises ``NoRoute`` when no connection takes the invoice's legal entity."""
+    if invoice.status == Invoice.STATUS_VOID:
+        return []
+    connection = route(invoice.legal_entity)
+    with transaction.atomic():
+        customer_posting = plan_customer(invoice.customer, connection)
+        planned = [
+            customer_posting,
+            _plan(
+                connection=connection,
+                operation=Operation.POST_INVOICE,
+                source=invoice.source,
+                source_id=invoice.source_id,
+                revision=invoice.revision,
+                depends_on_key=customer_posting.idempotency_key,
+                correlation_id=invoice.correlation_id,
+                park=_invoice_problem(invoice),
+                invoice=invoice,
+            ),
+        ]
+        for application in invoice.payments.select_related("payment"):
+            planned.append(_plan_application(application, invoice, connection))
+    return planned
+
+
+def _plan_application(application: PaymentApplication, invoice: Invoice, connection: ERPConnection) -> Posting:
+    payment = application.payment
+    return _plan(
+        connection=connection,
+        operation=Operation.APPLY_PAYMENT,
+        source=payment.source,
+        source_id=f"{payment.source_id}:{application.invoice_source_id}",
+        revision=payment.revision,
+        depends_on_key=invoice_posting_key(invoice, connection),
+        correlation_id=payment.correlation_id,
+        payment_application=application,
+    )
+
+
+def plan_payment(payment: Payment) -> list[Posting]:
+    """Applications whose invoice is not in the ledger yet are planned when the invoice arrives."""
+    planned = []
+    with transaction.atomic():
+        for application in payment.applications.select_related("invoice__legal_entity"):
+            if application.invoice is None:
+                log.info(
+                    "payment application waits for its invoice",
+                    extra={"payment": payment.source_id, "invoice": application.invoice_source_id},
+                )
+                continue
+            connection = route(application.invoice.legal_entity)
+            planned.append(_plan_application(application, application.invoice, connection))
+    return planned

@@ -1,0 +1,123 @@
+"""Actions people take on postings from the console, and the sweepers that recover lost work.
+Every action is audited with who, why, before and after."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from apps.core import audit
+from apps.posting import dispatch
+from apps.posting.executor import release_waiting
+from apps.posting.models import EXCEPTION_STATES, Posting, PostingAttempt, PostingState
+
+log = logging.getLogger(__name__)
+
+SWEEP_BATCH = 500
+
+
+class ActionRefused(ValueError):
+    """The action does not apply to the posting in its current state; the message says why."""
+
+
+def _state_snapshot(posting: Posting) -> dict[str, object]:
+    return {
+        "state": posting.state,
+        "error_code": posting.error_code,
+        "finance_message": posting.finance_message,
+        "attempt_count": posting.attempt_count,
+    }
+
+
+def retry_posting(posting_id: int, *, actor: str, reason: str = "") -> Posting:
+    """Send a parked or dead posting again, with a fresh attempt budget. Its idempotency key and
+    the connector's lookup-before-create keep the retry from duplicating an ERP document."""
+    with transaction.atomic():
+        posting = Posting.objects.select_for_update().get(pk=posting_id)
+        if posting.state not in EXCEPTION_STATES:
+            raise ActionRefused(
+                f"Posting {posting.pk} is {posting.get_state_display().lower()}; "
+                "only parked or dead postings can be retried."
+            )
+        before = _state_snapshot(posting)
+        posting.state = PostingState.QUEUED
+        posting.retry_at = None
+        posting.attempt_budget_start = posting.attempt_count
+        # A dead posting may have died uncertain: keep verify_before_retry as it is.
+        posting.save(update_fields=["state", "retry_at", "attempt_budget_start", "updated_at"])
+        audit.record(
+            "posting.retried", posting, actor=actor, reason=reason, before=before, after=_state_snapshot(posting)
+        )
+        dispatch.enqueue_on_commit(posting)
+    return posting
+
+
+def sweep_postings(now: timezone.datetime | None = None) -> dict[str, int]:
+    """Re-enqueue what the broker may have lost, recover rows orphaned in flight, release
+    waiting children whose parents are posted. Safe to run anywhere, any number of times."""
+    now = now or timezone.now()
+    hub = settings.HUB
+    counts = {"requeued": 0, "recovered": 0, "released": 0}
+
+    stale_enqueue = now - timedelta(seconds=hub["INBOX_STALE_SECONDS"])
+    due = (
+        Posting.objects.filter(
+            Q(state=PostingState.QUEUED, enqueued_at__isnull=True, created_at__lt=now - timedelta(seconds=5))
+            | Q(state=PostingState.QUEUED, enqueued_at__lt=stale_enqueue)
+            | Q(state=PostingState.RETRY_SCHEDULED, retry_at__lte=now, enqueued_at__isnull=True)
+            | Q(
+                state=PostingState.RETRY_SCHEDULED,
+                retry_at__lte=now - timedelta(seconds=30),
+                enqueued_at__lt=now - timedelta(seconds=30),
+            )
+        )
+        .order_by("pk")
+        .values_list("pk", "correlation_id")[:SWEEP_BATCH]
+    )
+    for posting_id, correlation_id in due:
+        if dispatch.send_execute(posting_id, correlation_id=correlation_id):
+            counts["requeued"] += 1
+
+    stale_flight = now - timedelta(seconds=hub["IN_FLIGHT_STALE_SECONDS"])
+    with transaction.atomic():
+        orphans = list(
+            Posting.objects.select_for_update(skip_locked=True)
+            .filter(state=PostingState.IN_FLIGHT, claimed_at__lt=stale_flight)
+            .order_by("pk")[:SWEEP_BATCH]
+        )
+        for posting in orphans:
+            PostingAttempt.objects.filter(posting=posting, outcome=PostingAttempt.Outcome.STARTED).update(
+                outcome=PostingAttempt.Outcome.ABANDONED,
+                finished_at=now,
+                detail="worker lost mid-call; verify before retry",
+            )
+            Posting.objects.filter(pk=posting.pk, state=PostingState.IN_FLIGHT, claim_token=posting.claim_token).update(
+                state=PostingState.RETRY_SCHEDULED,
+                retry_at=now,
+                verify_before_retry=True,
+                claim_token="",
+                updated_at=now,
+            )
+            audit.record(
+                "posting.recovered", posting, reason="in flight past the stale limit; the worker is presumed lost"
+            )
+            dispatch.enqueue_on_commit(posting)
+            counts["recovered"] += 1
+
+    waiting_parents = (
+        Posting.objects.filter(state=PostingState.WAITING)
+        .values_list("depends_on_key", flat=True)
+        .distinct()[:SWEEP_BATCH]
+    )
+    posted_parents = Posting.objects.filter(idempotency_key__in=list(waiting_parents), state=PostingState.POSTED)
+    for key in posted_parents.values_list("idempotency_key", flat=True):
+        with transaction.atomic():
+            counts["released"] += len(release_waiting(key))
+    if any(counts.values()):
+        log.info("posting sweep", extra=counts)
+    return counts

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from django.db import models
+
+from apps.ledger.models import LegalEntity
+
+
+class BillingSource(models.Model):
+    """One billing engine account (for Stripe: one account, i.e. one subsidiary) sending webhooks."""
+
+    KIND_STRIPE = "stripe"
+    KIND_CHOICES = [(KIND_STRIPE, "Stripe")]
+
+    name = models.SlugField(max_length=64, unique=True, help_text="Appears in the webhook URL: /webhooks/<name>/")
+    kind = models.CharField(max_length=32, choices=KIND_CHOICES)
+    legal_entity = models.ForeignKey(
+        LegalEntity, on_delete=models.PROTECT, help_text="The legal entity this billing account invoices for."
+    )
+    webhook_secrets = models.JSONField(
+        default=list,
+        help_text="env:VAR references; every one that is set is accepted, so a secret can be rotated.",
+    )
+    active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name

@@ -1,0 +1,290 @@
+"""Stripe: webhook signatures, and Stripe objects into canonical ledger commands.
+
+Handles both shapes Stripe has published: older API versions (invoice.payment_intent,
+invoice.charge, invoice.tax, line.price, line.tax_amounts) and newer ones (invoice.payments,
+invoice.total_taxes, line.pricing.price_details, line.taxes).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import stripe
+
+from apps.core.money import CurrencyError, normalize_currency
+from apps.ledger.commands import (
+    CustomerData,
+    InvoiceData,
+    InvoiceLineData,
+    LedgerCommand,
+    PaymentApplicationData,
+    PaymentData,
+)
+from apps.sources.base import IgnoredEvent, InvalidPayload, SignatureError
+
+SIGNATURE_HEADER = "Stripe-Signature"
+
+CUSTOMER_EVENTS = {"customer.created", "customer.updated"}
+INVOICE_EVENTS = {"invoice.finalized", "invoice.paid", "invoice.payment_succeeded"}
+PAYMENT_EVENTS = {"payment_intent.succeeded", "charge.succeeded"}
+SUPPORTED_EVENTS = CUSTOMER_EVENTS | INVOICE_EVENTS | PAYMENT_EVENTS
+
+_INVOICE_STATUS = {"open": "open", "paid": "paid", "void": "void", "uncollectible": "uncollectible"}
+
+
+def verify_signature(payload: bytes, header: str | None, secrets: list[str], tolerance: int) -> None:
+    """Accept the payload if any active secret signed it within ``tolerance`` seconds."""
+    if not secrets:
+        raise SignatureError("No webhook secret is configured for this source; the event was not accepted.")
+    if not header:
+        raise SignatureError(f"Missing {SIGNATURE_HEADER} header.")
+    text = payload.decode("utf-8", errors="replace")
+    last: stripe.SignatureVerificationError | None = None
+    for secret in secrets:
+        try:
+            stripe.WebhookSignature.verify_header(text, header, secret, tolerance=tolerance)
+            return
+        except stripe.SignatureVerificationError as exc:
+            last = exc
+            if "tolerance" in str(exc).lower() or "extract timestamp" in str(exc).lower():
+                break  # the same answer for every secret
+    message = str(getattr(last, "user_message", None) or last)
+    if "tolerance" in message.lower():
+        message = f"Stale webhook: the signature timestamp is more than {tolerance} seconds old (or in the future)."
+    raise SignatureError(message)
+
+
+def parse_envelope(payload: bytes) -> dict[str, Any]:
+    """The event envelope, checked enough to store: an id, a type and an object."""
+    try:
+        event = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidPayload(f"The body is not valid JSON: {exc}") from exc
+    if not isinstance(event, dict) or not str(event.get("id", "")).startswith("evt_") or not event.get("type"):
+        raise InvalidPayload("The body is not a Stripe event: it needs an 'id' starting with evt_ and a 'type'.")
+    if not isinstance(event.get("data"), dict) or not isinstance(event["data"].get("object"), dict):
+        raise InvalidPayload("The Stripe event has no data.object.")
+    return event
+
+
+def _date(timestamp: object) -> date | None:
+    if timestamp in (None, "", 0):
+        return None
+    return datetime.fromtimestamp(int(timestamp), UTC).date()  # type: ignore[arg-type]
+
+
+def _id(value: object) -> str:
+    """Stripe fields are ids, or objects when expanded."""
+    if isinstance(value, dict):
+        return str(value.get("id") or "")
+    return str(value or "")
+
+
+def _address(data: dict[str, Any] | None) -> dict[str, str]:
+    data = data or {}
+    return {key: str(data.get(key) or "") for key in ("line1", "line2", "city", "postal_code", "state", "country")}
+
+
+def _int(obj: dict[str, Any], key: str, what: str) -> int:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidPayload(f"{what}: '{key}' must be an integer amount in minor units, got {value!r}.")
+    return value
+
+
+def _currency(obj: dict[str, Any], what: str) -> str:
+    try:
+        return normalize_currency(str(obj.get("currency") or ""))
+    except CurrencyError as exc:
+        raise InvalidPayload(f"{what}: {exc}.") from exc
+
+
+def customer_from_object(obj: dict[str, Any], version: int) -> CustomerData:
+    tax_ids = (obj.get("tax_ids") or {}).get("data") or []
+    metadata = obj.get("metadata") or {}
+    terms = metadata.get("payment_terms_days")
+    return CustomerData(
+        source_id=_id(obj),
+        source_version=version,
+        name=str(obj.get("name") or obj.get("description") or obj.get("email") or obj.get("id")),
+        email=str(obj.get("email") or ""),
+        currency=str(obj.get("currency") or ""),
+        tax_id=str(tax_ids[0].get("value") or "") if tax_ids else "",
+        tax_id_type=str(tax_ids[0].get("type") or "") if tax_ids else "",
+        payment_terms_days=int(terms) if str(terms or "").isdigit() else None,
+        bill_to=_address(obj.get("address")),
+        sold_to=_address((obj.get("shipping") or {}).get("address")),
+    )
+
+
+def _customer_snapshot(invoice: dict[str, Any], version: int) -> CustomerData:
+    tax_ids = invoice.get("customer_tax_ids") or []
+    customer = invoice.get("customer")
+    if isinstance(customer, dict):
+        return customer_from_object(customer, version)
+    return CustomerData(
+        source_id=_id(customer),
+        source_version=version,
+        name=str(invoice.get("customer_name") or invoice.get("customer_email") or _id(customer)),
+        email=str(invoice.get("customer_email") or ""),
+        currency=str(invoice.get("currency") or ""),
+        tax_id=str(tax_ids[0].get("value") or "") if tax_ids else "",
+        tax_id_type=str(tax_ids[0].get("type") or "") if tax_ids else "",
+        bill_to=_address(invoice.get("customer_address")),
+        sold_to=_address((invoice.get("customer_shipping") or {}).get("address")),
+        snapshot=True,
+    )
+
+
+def _line(line: dict[str, Any], invoice_id: str) -> InvoiceLineData:
+    what = f"Invoice {invoice_id} line {line.get('id', '?')}"
+    amount = _int(line, "amount", what)
+    try:
+        quantity = Decimal(str(line.get("quantity_decimal") or line.get("quantity") or 1))
+    except InvalidOperation as exc:
+        raise InvalidPayload(f"{what}: quantity {line.get('quantity')!r} is not a number.") from exc
+    price = line.get("price") or {}
+    details = (line.get("pricing") or {}).get("price_details") or {}
+    price_id = _id(price) or str(details.get("price") or "")
+    product = price.get("product") if isinstance(price, dict) else None
+    product_id = _id(product) or str(details.get("product") or "")
+    product_name = str(product.get("name") or "") if isinstance(product, dict) else ""
+    unit = price.get("unit_amount") if isinstance(price, dict) else None
+    if not isinstance(unit, int):
+        unit = amount // int(quantity) if quantity == quantity.to_integral_value() and quantity > 0 else amount
+    taxes = line.get("taxes") or line.get("tax_amounts") or []
+    tax = sum(int(t.get("amount") or 0) for t in taxes)
+    period = line.get("period") or {}
+    return InvoiceLineData(
+        description=str(line.get("description") or product_name or price_id or "Invoice line"),
+        quantity=quantity,
+        unit_amount_minor=unit,
+        amount_minor=amount,
+        tax_minor=tax,
+        source_line_id=str(line.get("id") or ""),
+        product_source_id=product_id,
+        product_name=product_name,
+        price_id=price_id,
+        period_start=_date(period.get("start")),
+        period_end=_date(period.get("end")),
+    )
+
+
+def invoice_from_object(obj: dict[str, Any], version: int) -> InvoiceData:
+    invoice_id = _id(obj)
+    what = f"Invoice {obj.get('number') or invoice_id}"
+    status = _INVOICE_STATUS.get(str(obj.get("status")))
+    if status is None:
+        raise InvalidPayload(f"{what} has status {obj.get('status')!r}; only finalized invoices are posted.")
+    if not _id(obj.get("customer")):
+        raise InvalidPayload(f"{what} has no customer.")
+    lines_obj = obj.get("lines") or {}
+    if lines_obj.get("has_more"):
+        raise InvalidPayload(
+            f"{what} has more lines than the webhook carries; fetching the rest from the Stripe API is not configured."
+        )
+    lines = tuple(_line(line, invoice_id) for line in lines_obj.get("data") or [])
+    if not lines:
+        raise InvalidPayload(f"{what} has no lines.")
+    tax = obj.get("tax")
+    if not isinstance(tax, int):
+        tax = sum(int(t.get("amount") or 0) for t in obj.get("total_taxes") or [])
+    transitions = obj.get("status_transitions") or {}
+    invoice_date = _date(transitions.get("finalized_at") or obj.get("effective_at") or obj.get("created"))
+    if invoice_date is None:
+        raise InvalidPayload(f"{what} has no finalization or creation date.")
+    return InvoiceData(
+        source_id=invoice_id,
+        source_version=version,
+        number=str(obj.get("number") or ""),
+        customer=_customer_snapshot(obj, version),
+        status=status,
+        currency=_currency(obj, what),
+        subtotal_minor=_int(obj, "subtotal", what),
+        tax_minor=tax,
+        total_minor=_int(obj, "total", what),
+        amount_paid_minor=int(obj.get("amount_paid") or 0),
+        invoice_date=invoice_date,
+        due_date=_date(obj.get("due_date")),
+        lines=lines,
+        period_start=_date(obj.get("period_start")),
+        period_end=_date(obj.get("period_end")),
+    )
+
+
+def _invoice_payment_id(obj: dict[str, Any]) -> str:
+    """The payment behind a paid invoice, named as payment_intent/charge events name it."""
+    for key in ("payment_intent", "charge"):
+        if _id(obj.get(key)):
+            return _id(obj.get(key))
+    for item in (obj.get("payments") or {}).get("data") or []:
+        payment = item.get("payment") or {}
+        for key in ("payment_intent", "charge"):
+            if _id(payment.get(key)):
+                return _id(payment.get(key))
+    return f"{_id(obj)}:paid"
+
+
+def payment_from_paid_invoice(obj: dict[str, Any], version: int) -> PaymentData | None:
+    paid = int(obj.get("amount_paid") or 0)
+    if paid <= 0:
+        return None  # paid by credit balance or a zero invoice: nothing reached the bank
+    transitions = obj.get("status_transitions") or {}
+    settled = transitions.get("paid_at") or version
+    return PaymentData(
+        source_id=_invoice_payment_id(obj),
+        source_version=version,
+        customer_source_id=_id(obj.get("customer")),
+        currency=_currency(obj, f"Invoice {obj.get('number') or _id(obj)}"),
+        amount_minor=paid,
+        method="stripe",
+        settled_at=datetime.fromtimestamp(int(settled), UTC),
+        applications=(PaymentApplicationData(invoice_source_id=_id(obj), amount_minor=paid),),
+    )
+
+
+def payment_from_intent_or_charge(obj: dict[str, Any], version: int) -> PaymentData:
+    kind = obj.get("object")
+    what = f"Payment {_id(obj)}"
+    if kind == "payment_intent":
+        source_id = _id(obj)
+        amount = _int(obj, "amount_received", what)
+        methods = obj.get("payment_method_types") or []
+        method = str(methods[0]) if methods else "stripe"
+    else:
+        source_id = _id(obj.get("payment_intent")) or _id(obj)
+        amount = _int(obj, "amount_captured", what) or _int(obj, "amount", what)
+        method = str((obj.get("payment_method_details") or {}).get("type") or "stripe")
+    invoice_id = _id(obj.get("invoice"))
+    return PaymentData(
+        source_id=source_id,
+        source_version=version,
+        customer_source_id=_id(obj.get("customer")),
+        currency=_currency(obj, what),
+        amount_minor=amount,
+        method=method,
+        settled_at=datetime.fromtimestamp(int(obj.get("created") or version), UTC),
+        applications=(PaymentApplicationData(invoice_source_id=invoice_id, amount_minor=amount),) if invoice_id else (),
+    )
+
+
+def parse_event(event: dict[str, Any]) -> list[LedgerCommand]:
+    """Canonical commands for one stored event; raises ``IgnoredEvent`` for types not posted."""
+    event_type = str(event.get("type"))
+    obj = event["data"]["object"]
+    version = int(event.get("created") or 0)
+    if event_type in CUSTOMER_EVENTS:
+        return [customer_from_object(obj, version)]
+    if event_type in INVOICE_EVENTS:
+        commands: list[LedgerCommand] = [invoice_from_object(obj, version)]
+        if obj.get("status") == "paid":
+            payment = payment_from_paid_invoice(obj, version)
+            if payment is not None:
+                commands.append(payment)
+        return commands
+    if event_type in PAYMENT_EVENTS:
+        return [payment_from_intent_or_charge(obj, version)]
+    raise IgnoredEvent(f"Stripe event type {event_type} is not posted by this hub version.")

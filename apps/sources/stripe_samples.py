@@ -1,0 +1,217 @@
+"""Sample Stripe events for the demo and the tests: shaped like Stripe's published fixtures (the
+newer API shape), with ids, amounts and dates that add up, signed the way Stripe signs them."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from typing import Any
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+
+
+def sign(body: bytes, secret: str, timestamp: int | None = None) -> str:
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    signature = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={signature}"
+
+
+def event(
+    event_type: str, obj: dict[str, Any], *, created: int | None = None, event_id: str | None = None
+) -> dict[str, Any]:
+    return {
+        "id": event_id or uid("evt"),
+        "object": "event",
+        "api_version": "2025-03-31.basil",
+        "created": created or int(time.time()),
+        "livemode": False,
+        "pending_webhooks": 1,
+        "request": {"id": None, "idempotency_key": None},
+        "type": event_type,
+        "data": {"object": obj},
+    }
+
+
+def customer(
+    customer_id: str | None = None, *, name: str = "ACME Corp", email: str = "ap@acme.example"
+) -> dict[str, Any]:
+    return {
+        "id": customer_id or uid("cus"),
+        "object": "customer",
+        "address": {
+            "city": "Springfield",
+            "country": "US",
+            "line1": "1 Main St",
+            "line2": None,
+            "postal_code": "12345",
+            "state": "IL",
+        },
+        "balance": 0,
+        "created": int(time.time()),
+        "currency": "usd",
+        "email": email,
+        "name": name,
+        "metadata": {},
+        "shipping": None,
+        "tax_exempt": "none",
+    }
+
+
+def line(
+    amount: int,
+    *,
+    quantity: int = 1,
+    description: str = "Pro plan",
+    product: str = "prod_pro",
+    price: str = "price_pro_monthly",
+    tax: int = 0,
+) -> dict[str, Any]:
+    now = int(time.time())
+    return {
+        "id": uid("il"),
+        "object": "line_item",
+        "amount": amount,
+        "currency": "usd",
+        "description": description,
+        "quantity": quantity,
+        "period": {"start": now, "end": now + 30 * 86400},
+        "pricing": {
+            "type": "price_details",
+            "price_details": {"price": price, "product": product},
+            "unit_amount_decimal": str(amount // quantity),
+        },
+        "taxes": [{"amount": tax, "tax_behavior": "exclusive", "taxability_reason": "standard_rated"}] if tax else [],
+    }
+
+
+def invoice(
+    customer_id: str,
+    lines: list[dict[str, Any]],
+    *,
+    invoice_id: str | None = None,
+    status: str = "open",
+    number: str | None = None,
+    customer_name: str = "ACME Corp",
+    payment_intent: str | None = None,
+) -> dict[str, Any]:
+    subtotal = sum(item["amount"] for item in lines)
+    tax = sum(t["amount"] for item in lines for t in item["taxes"])
+    total = subtotal + tax
+    now = int(time.time())
+    paid = status == "paid"
+    obj: dict[str, Any] = {
+        "id": invoice_id or uid("in"),
+        "object": "invoice",
+        "number": number or f"HUB-{uuid.uuid4().hex[:8].upper()}",
+        "customer": customer_id,
+        "customer_name": customer_name,
+        "customer_email": "ap@acme.example",
+        "customer_address": {
+            "city": "Springfield",
+            "country": "US",
+            "line1": "1 Main St",
+            "line2": None,
+            "postal_code": "12345",
+            "state": "IL",
+        },
+        "customer_tax_ids": [],
+        "currency": "usd",
+        "status": status,
+        "collection_method": "charge_automatically",
+        "created": now - 60,
+        "effective_at": now - 30,
+        "due_date": None,
+        "period_start": now - 30 * 86400,
+        "period_end": now,
+        "subtotal": subtotal,
+        "total": total,
+        "total_taxes": [{"amount": tax, "tax_behavior": "exclusive"}] if tax else [],
+        "amount_due": total,
+        "amount_paid": total if paid else 0,
+        "amount_remaining": 0 if paid else total,
+        "status_transitions": {
+            "finalized_at": now - 30,
+            "paid_at": now if paid else None,
+            "voided_at": None,
+            "marked_uncollectible_at": None,
+        },
+        "lines": {"object": "list", "data": lines, "has_more": False},
+    }
+    if paid:
+        obj["payments"] = {
+            "object": "list",
+            "data": [
+                {
+                    "object": "invoice_payment",
+                    "amount_paid": total,
+                    "status": "paid",
+                    "payment": {"type": "payment_intent", "payment_intent": payment_intent or uid("pi")},
+                }
+            ],
+        }
+    return obj
+
+
+def paid(invoice_obj: dict[str, Any], payment_intent: str | None = None) -> dict[str, Any]:
+    """The same invoice as Stripe sends it in invoice.paid."""
+    obj = json.loads(json.dumps(invoice_obj))
+    now = int(time.time())
+    obj["status"] = "paid"
+    obj["amount_paid"] = obj["total"]
+    obj["amount_remaining"] = 0
+    obj["status_transitions"]["paid_at"] = now
+    obj["payments"] = {
+        "object": "list",
+        "data": [
+            {
+                "object": "invoice_payment",
+                "amount_paid": obj["total"],
+                "status": "paid",
+                "payment": {"type": "payment_intent", "payment_intent": payment_intent or uid("pi")},
+            }
+        ],
+    }
+    return obj
+
+
+DEMO_CUSTOMERS = (
+    ("Acme Corporation", "ap@acme.example"),
+    ("Globex Inc.", "billing@globex.example"),
+    ("Initech LLC", "finance@initech.example"),
+)
+
+
+def demo_stream() -> list[dict[str, Any]]:
+    """A short, realistic stream: customers, invoices finalized, most of them paid, one paid
+    before its finalization event arrives (as Stripe can deliver them)."""
+    events: list[dict[str, Any]] = []
+    now = int(time.time())
+    for index, (name, email) in enumerate(DEMO_CUSTOMERS):
+        cus = customer(uid("cus"), name=name, email=email)
+        events.append(event("customer.created", cus, created=now - 300 + index))
+        lines = [line(4900, description="Pro plan (monthly)")]
+        if index != 1:
+            lines.append(
+                line(
+                    1250,
+                    quantity=5,
+                    description="API calls, 5 blocks of 10,000",
+                    product="prod_usage_api_calls",
+                    price="price_api_block",
+                )
+            )
+        inv = invoice(cus["id"], lines, customer_name=name)
+        finalized = event("invoice.finalized", inv, created=now - 200 + index)
+        paid_event = event("invoice.paid", paid(inv), created=now - 100 + index)
+        if index == 2:
+            events += [paid_event, finalized]  # delivered out of order
+        elif index == 1:
+            events.append(finalized)  # left open: not paid yet
+        else:
+            events += [finalized, paid_event]
+    return events

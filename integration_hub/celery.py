@@ -1,0 +1,31 @@
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "integration_hub.settings")
+
+app = Celery("integration_hub")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+
+from celery.signals import before_task_publish, task_postrun, task_prerun  # noqa: E402
+
+from apps.core.correlation import get_correlation_id, new_correlation_id, set_correlation_id  # noqa: E402
+
+
+@before_task_publish.connect
+def _carry_correlation_id(headers: dict | None = None, **_: object) -> None:
+    if headers is not None and not headers.get("correlation_id"):
+        headers["correlation_id"] = get_correlation_id()
+
+
+@task_prerun.connect
+def _adopt_correlation_id(task: object = None, **_: object) -> None:
+    request = getattr(task, "request", None)
+    set_correlation_id(str(getattr(request, "correlation_id", "") or new_correlation_id()))
+
+
+@task_postrun.connect
+def _drop_correlation_id(**_: object) -> None:
+    set_correlation_id("")

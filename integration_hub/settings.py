@@ -1,0 +1,190 @@
+"""Settings from the environment, with embedded defaults that run on a machine with nothing but
+Python: SQLite and kombu's filesystem transport. Set DATABASE_URL and CELERY_BROKER_URL for
+PostgreSQL and Redis (production, tests and CI)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("HUB_VAR_DIR", BASE_DIR / "var"))
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG and env_bool("HUB_REQUIRE_SECRET_KEY", False):
+        raise RuntimeError("SECRET_KEY must be set")
+    SECRET_KEY = "insecure-development-key-set-SECRET_KEY-in-production"
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,testserver,[::1]")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_celery_beat",
+    "apps.core",
+    "apps.ledger",
+    "apps.sources",
+    "apps.routing",
+    "apps.posting",
+    "apps.ingest",
+    "apps.console",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "apps.core.middleware.CorrelationIdMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "integration_hub.urls"
+WSGI_APPLICATION = "integration_hub.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL", f"sqlite:///{VAR_DIR / 'hub.sqlite3'}"),
+        conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "60")),
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The demo runs web, worker and beat against one SQLite file: wait for locks instead of failing.
+    DATABASES["default"].setdefault("OPTIONS", {})
+    DATABASES["default"]["OPTIONS"].update({"timeout": 30, "transaction_mode": "IMMEDIATE"})
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+# --- Celery: at-least-once delivery -------------------------------------------------------------
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
+_BROKER_DIR = VAR_DIR / "broker"
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_BROKER_DIR / "queue"),
+        "data_folder_out": str(_BROKER_DIR / "queue"),
+        "processed_folder": str(_BROKER_DIR / "processed"),
+        "store_processed": False,
+    }
+else:
+    # A hard time limit well below the visibility timeout, so a task is never redelivered while
+    # its first run is still alive.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_TIME_LIMIT = 300
+CELERY_TASK_SOFT_TIME_LIMIT = 240
+CELERY_WORKER_SEND_TASK_EVENTS = True
+# Keep the project's LOGGING (JSON lines with correlation ids) in workers too.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Publishing must fail fast when the broker is down: the row is already stored and a sweeper will
+# enqueue it later, so a web request should not hang on the broker.
+CELERY_TASK_PUBLISH_RETRY = True
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+CELERY_BROKER_CONNECTION_TIMEOUT = float(os.environ.get("CELERY_BROKER_CONNECTION_TIMEOUT", "2"))
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULE = {
+    "sweep-inbox": {"task": "ingest.sweep_inbox", "schedule": float(os.environ.get("HUB_SWEEP_SECONDS", "30"))},
+    "sweep-postings": {
+        "task": "posting.sweep_postings",
+        "schedule": float(os.environ.get("HUB_SWEEP_SECONDS", "30")),
+    },
+}
+
+# --- The hub ------------------------------------------------------------------------------------
+HUB = {
+    # Largest webhook body accepted; Stripe events are far below this.
+    "WEBHOOK_MAX_BYTES": int(os.environ.get("HUB_WEBHOOK_MAX_BYTES", str(512 * 1024))),
+    "STRIPE_SIGNATURE_TOLERANCE_SECONDS": int(os.environ.get("HUB_STRIPE_TOLERANCE", "300")),
+    "POSTING_MAX_ATTEMPTS": int(os.environ.get("HUB_POSTING_MAX_ATTEMPTS", "8")),
+    "POSTING_BACKOFF_BASE_SECONDS": float(os.environ.get("HUB_BACKOFF_BASE", "2")),
+    "POSTING_BACKOFF_MAX_SECONDS": float(os.environ.get("HUB_BACKOFF_MAX", "900")),
+    # Retries due sooner than this go back to Celery with a countdown; later ones wait in the
+    # database (retry_at) for the sweeper, so no message sits in Redis past its visibility timeout.
+    "MAX_COUNTDOWN_SECONDS": 300,
+    # A row in flight longer than this is assumed orphaned by a dead worker and is recovered.
+    "IN_FLIGHT_STALE_SECONDS": int(os.environ.get("HUB_IN_FLIGHT_STALE_SECONDS", "600")),
+    # Inbox events not normalized this long after arrival are re-enqueued by the sweeper.
+    "INBOX_STALE_SECONDS": int(os.environ.get("HUB_INBOX_STALE_SECONDS", "60")),
+}
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(HUB["WEBHOOK_MAX_BYTES"] * 2, 2_621_440)
+
+LOG_FORMAT = os.environ.get("HUB_LOG_FORMAT", "console" if DEBUG else "json")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"correlation": {"()": "apps.core.logging.CorrelationIdFilter"}},
+    "formatters": {
+        "json": {"()": "apps.core.logging.JsonFormatter"},
+        "console": {"format": "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)s"},
+    },
+    "handlers": {
+        "default": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["correlation"],
+        }
+    },
+    "root": {"handlers": ["default"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    for _folder in ("queue", "processed"):
+        (_BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,21 @@
+"""Test settings: the real PostgreSQL and Redis, never the embedded defaults."""
+
+import os
+
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/hub")
+os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/15")
+os.environ.setdefault("HUB_VAR_DIR", "/tmp/integration-hub-test-var")
+# One queue per test session (the worker subprocess inherits it), so two runs sharing one Redis
+# never take each other's tasks.
+os.environ.setdefault("HUB_TEST_QUEUE", f"hub-tests-{os.getpid()}")
+# Quick retries so failure paths finish in seconds.
+os.environ.setdefault("HUB_BACKOFF_BASE", "0.5")
+os.environ.setdefault("HUB_BACKOFF_MAX", "5")
+os.environ.setdefault("STRIPE_WEBHOOK_SECRET", "whsec_test_current_secret")
+
+from integration_hub.settings import *  # noqa: F403
+
+CELERY_TASK_DEFAULT_QUEUE = os.environ["HUB_TEST_QUEUE"]
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+LOG_FORMAT = "console"
+LOGGING["handlers"]["default"]["formatter"] = "console"  # noqa: F405

@@ -1,0 +1,90 @@
+"""A real HTTP proxy in front of the real Tryton that injects faults a healthy server does not
+produce on demand: an answer held back past the client's timeout after Tryton committed the
+work, or a throttling status. Everything else is forwarded untouched."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import requests
+
+
+@dataclass
+class Fault:
+    method: str
+    times: int
+    hold_seconds: float = 0.0  # forward, let the ERP commit, then answer this late
+    status: int = 0  # answer this status without forwarding
+    retry_after: str = ""
+
+
+class FaultProxy:
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.faults: list[Fault] = []
+        self.calls: Counter[str] = Counter()
+        self.injected: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                try:
+                    method = str(json.loads(body).get("method", ""))
+                except ValueError:
+                    method = ""
+                fault = proxy._take_fault(method)
+                if fault is not None and fault.status:
+                    self.send_response(fault.status)
+                    if fault.retry_after:
+                        self.send_header("Retry-After", fault.retry_after)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "authorization")}
+                upstream = requests.post(proxy.upstream + self.path, data=body, headers=headers, timeout=120)
+                if fault is not None and fault.hold_seconds:
+                    time.sleep(fault.hold_seconds)
+                try:
+                    self.send_response(upstream.status_code)
+                    self.send_header("Content-Type", upstream.headers.get("Content-Type", "application/json"))
+                    self.send_header("Content-Length", str(len(upstream.content)))
+                    self.end_headers()
+                    self.wfile.write(upstream.content)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting: that is the fault we wanted
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def _take_fault(self, method: str) -> Fault | None:
+        with self._lock:
+            self.calls[method] += 1
+            for fault in self.faults:
+                if fault.method == method and fault.times > 0:
+                    fault.times -= 1
+                    self.injected[method] += 1
+                    return fault
+        return None
+
+    def inject(
+        self, method: str, *, times: int = 1, hold_seconds: float = 0.0, status: int = 0, retry_after: str = ""
+    ) -> None:
+        with self._lock:
+            self.faults.append(Fault(method, times, hold_seconds, status, retry_after))
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

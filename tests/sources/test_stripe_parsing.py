@@ -1,0 +1,93 @@
+from datetime import date
+from decimal import Decimal
+
+import pytest
+
+from apps.ledger.commands import CustomerData, InvoiceData, PaymentData
+from apps.sources import stripe_samples as se
+from apps.sources.base import IgnoredEvent, InvalidPayload
+from apps.sources.stripe import parse_event
+
+
+def test_invoice_finalized_becomes_an_invoice_with_lines_taxes_and_a_customer_snapshot() -> None:
+    obj = se.invoice(
+        "cus_A",
+        [
+            se.line(2500, quantity=1, tax=500),
+            se.line(1000, quantity=4, product="prod_usage_api_calls", price="price_api", description="API calls"),
+        ],
+    )
+    [invoice] = parse_event(se.event("invoice.finalized", obj, created=1_700_000_000))
+    assert isinstance(invoice, InvoiceData)
+    assert (invoice.subtotal_minor, invoice.tax_minor, invoice.total_minor) == (3500, 500, 4000)
+    assert invoice.customer.source_id == "cus_A" and invoice.customer.snapshot
+    assert invoice.currency == "USD"
+    assert invoice.lines[1].quantity == Decimal(4)
+    assert invoice.lines[1].unit_amount_minor == 250
+    assert invoice.lines[1].product_source_id == "prod_usage_api_calls"
+    assert invoice.lines[0].tax_minor == 500
+    assert isinstance(invoice.invoice_date, date)
+
+
+def test_invoice_paid_also_yields_the_payment_applied_to_it() -> None:
+    obj = se.invoice("cus_A", [se.line(4200)], status="paid", payment_intent="pi_123")
+    invoice, payment = parse_event(se.event("invoice.paid", obj))
+    assert isinstance(invoice, InvoiceData) and invoice.status == "paid"
+    assert isinstance(payment, PaymentData)
+    assert payment.source_id == "pi_123"
+    assert payment.amount_minor == 4200
+    assert [(a.invoice_source_id, a.amount_minor) for a in payment.applications] == [(obj["id"], 4200)]
+
+
+def test_older_api_shape_is_understood() -> None:
+    obj = se.invoice("cus_A", [se.line(1000)], status="paid")
+    obj.pop("payments")
+    obj["payment_intent"] = "pi_old"
+    obj["tax"] = 0
+    line = obj["lines"]["data"][0]
+    line.pop("pricing")
+    line["price"] = {"id": "price_old", "product": "prod_old", "unit_amount": 1000}
+    invoice, payment = parse_event(se.event("invoice.paid", obj))
+    assert invoice.lines[0].price_id == "price_old" and invoice.lines[0].product_source_id == "prod_old"
+    assert payment.source_id == "pi_old"
+
+
+def test_payment_intent_with_invoice_is_applied_and_without_is_unapplied() -> None:
+    pi = {
+        "id": "pi_9",
+        "object": "payment_intent",
+        "amount": 900,
+        "amount_received": 900,
+        "currency": "usd",
+        "customer": "cus_A",
+        "invoice": "in_9",
+        "created": 1_700_000_000,
+        "payment_method_types": ["card"],
+    }
+    [payment] = parse_event(se.event("payment_intent.succeeded", pi))
+    assert payment.method == "card" and payment.applications[0].invoice_source_id == "in_9"
+    pi.pop("invoice")
+    [payment] = parse_event(se.event("payment_intent.succeeded", pi))
+    assert payment.applications == ()
+
+
+def test_customer_event_is_authoritative() -> None:
+    [customer] = parse_event(se.event("customer.updated", se.customer("cus_B", name="Globex")))
+    assert isinstance(customer, CustomerData) and not customer.snapshot and customer.name == "Globex"
+    assert customer.bill_to["country"] == "US"
+
+
+def test_unsupported_and_broken_events_say_why() -> None:
+    with pytest.raises(IgnoredEvent):
+        parse_event(se.event("plan.created", {"id": "plan_1"}))
+    obj = se.invoice("cus_A", [se.line(1000)])
+    obj["total"] = 10.5
+    with pytest.raises(InvalidPayload, match="'total' must be an integer amount"):
+        parse_event(se.event("invoice.finalized", obj))
+    obj = se.invoice("cus_A", [se.line(1000)], status="draft")
+    with pytest.raises(InvalidPayload, match="only finalized invoices"):
+        parse_event(se.event("invoice.finalized", obj))
+    obj = se.invoice("cus_A", [se.line(1000)])
+    obj["currency"] = "dollars"
+    with pytest.raises(InvalidPayload, match="ISO 4217"):
+        parse_event(se.event("invoice.finalized", obj))
