@@ -15,7 +15,7 @@ from django.test import Client
 
 from apps.sources import stripe_samples as stripe_events
 
-pytest_plugins = ["tests.tryton_plugin"] if (Path(__file__).parent / "tryton_plugin.py").exists() else []  # TEMP
+pytest_plugins = ["tests.tryton_plugin"]
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = ROOT / "config" / "hub.example.yaml"

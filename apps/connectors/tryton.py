@@ -1,0 +1,561 @@
+"""Tryton over JSON-RPC: parties, customer invoices and their payments.
+
+Tryton has no idempotency keys, so this connector finds before it creates (``dedupe_strategy =
+"lookup"``): a party by its ``code`` (unique in Tryton), an invoice by its ``reference``
+(searchable, not unique: only this lookup keeps it single), a payment by the description of its
+move line. The hub runs one executor per posting at a time, so lookup-then-create cannot race with
+itself. A post whose answer was lost is never repeated blind: the executor asks ``find_document``
+first.
+
+Outcomes are classified once, in ``TrytonRPC.call``: connection refused, 429 and 503 are
+transient (nothing was done); a read timeout or a connection dropped after sending is uncertain
+for calls that write; a 401 logs in again once; Tryton's ``UserError`` and ``UserWarning`` are
+business refusals carried to finance in Tryton's own words.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import itertools
+import logging
+import threading
+from decimal import Decimal
+from typing import Any
+
+import requests
+
+from apps.connectors.base import (
+    OPERATION_APPLY_PAYMENT,
+    OPERATION_ENSURE_CUSTOMER,
+    OPERATION_POST_INVOICE,
+    ERPConnector,
+)
+from apps.connectors.documents import (
+    Address,
+    CustomerDocument,
+    InvoiceDocument,
+    PaymentDocument,
+    PostResult,
+)
+from apps.core.errors import (
+    AuthenticationError,
+    BusinessRuleError,
+    ConfigurationError,
+    ConnectorError,
+    TransientError,
+    UncertainOutcome,
+)
+from apps.core.money import to_decimal
+
+log = logging.getLogger(__name__)
+
+POSTED_STATES = ("posted", "paid")
+_ids = itertools.count(1)
+
+
+def encode(value: Any) -> Any:
+    """Python values to Tryton's JSON-RPC encoding (Decimals and dates are tagged objects)."""
+    if isinstance(value, Decimal):
+        return {"__class__": "Decimal", "decimal": str(value)}
+    if isinstance(value, datetime.datetime):
+        raise TypeError("send dates, not datetimes, to Tryton")
+    if isinstance(value, datetime.date):
+        return {"__class__": "date", "year": value.year, "month": value.month, "day": value.day}
+    if isinstance(value, dict):
+        return {key: encode(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [encode(item) for item in value]
+    return value
+
+
+def decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        kind = value.get("__class__")
+        if kind == "Decimal":
+            return Decimal(value["decimal"])
+        if kind == "date":
+            return datetime.date(value["year"], value["month"], value["day"])
+        if kind == "datetime":
+            return datetime.datetime(
+                value["year"],
+                value["month"],
+                value["day"],
+                value.get("hour", 0),
+                value.get("minute", 0),
+                value.get("second", 0),
+            )
+        return {key: decode(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [decode(item) for item in value]
+    return value
+
+
+def _excerpt(value: Any, limit: int = 1500) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text[:limit]
+
+
+class TrytonRPC:
+    """One authenticated JSON-RPC session to one Tryton database."""
+
+    def __init__(self, url: str, database: str, username: str, password: str, timeout: float) -> None:
+        self.endpoint = f"{url.rstrip('/')}/{database}/rpc/"
+        self.username = username
+        self.password = password
+        self.timeout = (min(10.0, timeout), timeout)  # (connect, read)
+        self.http = requests.Session()
+        self._auth: str | None = None
+        self._context: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def context(self) -> dict[str, Any]:
+        if self._context is None:
+            prefs = self.call("model.res.user.get_preferences", [True, {}], writes=False, with_context=False)
+            if not prefs.get("company"):
+                raise ConfigurationError(
+                    f"the Tryton user {self.username!r} has no current company",
+                    finance_message="The ERP user the hub signs in with has no company; an engineer must fix it.",
+                )
+            self._context = {
+                key: prefs[key] for key in ("company", "companies", "language", "employee") if key in prefs
+            }
+        return self._context
+
+    def login(self) -> None:
+        result = self._send("common.db.login", [self.username, {"password": self.password}, "en"], writes=False)
+        if not isinstance(result, list) or len(result) < 2:
+            raise AuthenticationError(f"Tryton login returned {_excerpt(result, 200)}")
+        uid, token = result[0], result[1]
+        self._auth = "Session " + base64.b64encode(f"{self.username}:{uid}:{token}".encode()).decode()
+
+    def call(self, method: str, params: list[Any], *, writes: bool, with_context: bool = True) -> Any:
+        """Call ``method``; a ``model.*`` call gets the user's context appended to its params."""
+        with self._lock:
+            if self._auth is None:
+                self.login()
+        full = [*params, self.context] if with_context else params
+        try:
+            return self._send(method, full, writes=writes)
+        except _SessionExpired:
+            # A 401 is answered before anything runs: sign in again and send once more.
+            with self._lock:
+                self.login()
+            try:
+                return self._send(method, full, writes=writes)
+            except _SessionExpired as exc:
+                raise AuthenticationError(f"Tryton refused a fresh session for {method}") from exc
+
+    def _send(self, method: str, params: list[Any], *, writes: bool) -> Any:
+        headers = {"Content-Type": "application/json"}
+        if self._auth and not method.startswith("common.db.login"):
+            headers["Authorization"] = self._auth
+        payload = {"id": next(_ids), "method": method, "params": encode(params)}
+        where = f"{method} at {self.endpoint}"
+        try:
+            response = self.http.post(self.endpoint, json=payload, headers=headers, timeout=self.timeout)
+        except (requests.ConnectTimeout, requests.exceptions.SSLError) as exc:
+            raise TransientError(f"could not connect for {where}: {exc}") from exc
+        except requests.ConnectionError as exc:
+            if _refused(exc) or not writes:
+                raise TransientError(f"connection failed for {where}: {exc}") from exc
+            raise UncertainOutcome(f"connection dropped after sending {where}: {exc}") from exc
+        except requests.Timeout as exc:
+            if not writes:
+                raise TransientError(f"no answer in {self.timeout[1]}s for {where}") from exc
+            raise UncertainOutcome(f"no answer in {self.timeout[1]}s for {where}; Tryton may have done it") from exc
+
+        status = response.status_code
+        body = response.text
+        if status == 401:
+            if method == "common.db.login":
+                raise AuthenticationError(f"Tryton refused the login of {self.username!r}", status=status)
+            raise _SessionExpired(where)
+        if status == 403 and method == "common.db.login":
+            raise AuthenticationError(f"Tryton refused the login of {self.username!r}", status=status)
+        if status == 429:
+            raise TransientError(
+                f"Tryton throttled {where}", status=status, retry_after=_retry_after(response), body_excerpt=body
+            )
+        if status in (502, 503, 504):
+            # 503: a lock could not be obtained; 504: a database timeout. Tryton rolled back.
+            raise TransientError(
+                f"Tryton was busy for {where}", status=status, retry_after=_retry_after(response), body_excerpt=body
+            )
+        if status == 404:
+            raise ConfigurationError(f"Tryton has no database behind {self.endpoint}", status=status)
+        if status == 422 or 400 <= status < 500:
+            raise ConfigurationError(f"Tryton refused the request for {where}", status=status, body_excerpt=body)
+        if status >= 500:
+            if writes:
+                raise UncertainOutcome(f"Tryton failed answering {where}", status=status, body_excerpt=body)
+            raise TransientError(f"Tryton failed answering {where}", status=status, body_excerpt=body)
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise (UncertainOutcome if writes else TransientError)(
+                f"Tryton answered {where} with something that is not JSON", status=status, body_excerpt=body
+            ) from exc
+        if "error" in data and data["error"]:
+            raise _classify_error(method, data["error"])
+        return decode(data.get("result"))
+
+
+class _SessionExpired(Exception):
+    pass
+
+
+def _refused(exc: requests.ConnectionError) -> bool:
+    text = repr(exc)
+    return "NewConnectionError" in text or "Connection refused" in text or "Max retries exceeded" in text and (
+        "Failed to establish" in text
+    )
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After", "")
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def _classify_error(method: str, error: Any) -> ConnectorError:
+    """Tryton's error array to the hub's taxonomy. A Tryton error means its transaction was rolled
+    back, so nothing here is uncertain."""
+    kind = error[0] if isinstance(error, list) and error else ""
+    args = error[1] if isinstance(error, list) and len(error) > 1 else []
+    if kind == "UserError":
+        message = args[0] if args else "Tryton refused the document"
+        description = args[1] if len(args) > 1 else ""
+        return _ErpUserError(method, str(message), str(description or ""), _excerpt(error))
+    if kind == "UserWarning":
+        message = args[1] if len(args) > 1 else str(args)
+        return BusinessRuleError(
+            "erp_warning",
+            f"Tryton asked for a confirmation the hub does not give on its own: {message}",
+            f"UserWarning from {method}",
+            body_excerpt=_excerpt(error),
+        )
+    if kind in ("ConcurrencyException", "TimeoutException"):
+        return TransientError(f"{kind} from {method}", body_excerpt=_excerpt(error))
+    if kind in ("LoginException", "RateLimitException"):
+        return AuthenticationError(f"{kind} from {method}", body_excerpt=_excerpt(error))
+    # Any other exception is a crash inside Tryton; its transaction was rolled back.
+    return TransientError(f"Tryton raised an unexpected error in {method}: {_excerpt(kind, 300)}", body_excerpt=_excerpt(error))
+
+
+class _ErpUserError(BusinessRuleError):
+    def __init__(self, method: str, message: str, description: str, excerpt: str) -> None:
+        text = message + (f" {description}" if description else "")
+        super().__init__("erp_rejected", f"Tryton refused it: {text}", f"UserError from {method}", body_excerpt=excerpt)
+
+
+def _address_values(address: Address) -> dict[str, Any]:
+    street = "\n".join(part for part in (address.line1, address.line2) if part)
+    values: dict[str, Any] = {"street": street, "city": address.city, "postal_code": address.postal_code}
+    return {key: value for key, value in values.items() if value}
+
+
+class TrytonConnector(ERPConnector):
+    kind = "tryton"
+    dedupe_strategy = "lookup"
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        super().__init__(settings)
+        missing = [key for key in ("url", "database", "username", "password") if not settings.get(key)]
+        if missing:
+            raise ConfigurationError(f"Tryton connection settings lack {', '.join(missing)}")
+        self.rpc = TrytonRPC(
+            str(settings["url"]),
+            str(settings["database"]),
+            str(settings["username"]),
+            str(settings["password"]),
+            float(settings.get("timeout", 60)),
+        )
+        self._ids: dict[tuple[str, str], int] = {}
+
+    # -- lookups --------------------------------------------------------------------------
+
+    def _search_read(
+        self, model: str, domain: list[Any], fields: list[str], *, limit: int | None = None, order: Any = None
+    ) -> list[dict[str, Any]]:
+        return self.rpc.call(f"model.{model}.search_read", [domain, 0, limit, order, fields], writes=False)  # type: ignore[no-any-return]
+
+    def _read(self, model: str, ids: list[int], fields: list[str]) -> list[dict[str, Any]]:
+        return self.rpc.call(f"model.{model}.read", [ids, fields], writes=False)  # type: ignore[no-any-return]
+
+    def _find_party(self, code: str) -> dict[str, Any] | None:
+        found = self._search_read("party.party", [["code", "=", code]], ["id", "name", "code"], limit=1)
+        return found[0] if found else None
+
+    def _find_invoices(self, reference: str) -> list[dict[str, Any]]:
+        return self._search_read(
+            "account.invoice",
+            [["reference", "=", reference], ["type", "=", "out"]],
+            ["id", "state", "number", "total_amount", "currency.code"],
+            order=[["id", "ASC"]],
+        )
+
+    def _lookup_id(self, model: str, field: str, value: str, *, code: str, message: str) -> int:
+        key = (model, value)
+        if key not in self._ids:
+            found = self._search_read(model, [[field, "=", value]], ["id"], limit=1)
+            if not found:
+                raise BusinessRuleError(code, message, f"no {model} with {field} = {value!r}")
+            self._ids[key] = int(found[0]["id"])
+        return self._ids[key]
+
+    def _currency_id(self, currency: str) -> int:
+        return self._lookup_id(
+            "currency.currency",
+            "code",
+            currency,
+            code="unknown_currency",
+            message=f"The currency {currency} is not set up in Tryton. Ask the ERP administrator to add it, then retry.",
+        )
+
+    def find_document(self, operation: str, external_ref: str) -> PostResult | None:
+        if operation == OPERATION_ENSURE_CUSTOMER:
+            party = self._find_party(external_ref)
+            return PostResult(str(party["id"]), external_ref) if party else None
+        if operation == OPERATION_POST_INVOICE:
+            for invoice in self._find_invoices(external_ref):
+                if invoice["state"] in POSTED_STATES:
+                    return self._invoice_result(invoice)
+            return None
+        if operation == OPERATION_APPLY_PAYMENT:
+            line = self._find_payment_line(external_ref)
+            return PostResult(str(line["id"]), external_ref) if line else None
+        raise ConfigurationError(f"the Tryton connector does not know the operation {operation!r}")
+
+    def _find_payment_line(self, external_ref: str) -> dict[str, Any] | None:
+        """The receivable line of the payment move the pay wizard wrote with our reference."""
+        found = self._search_read(
+            "account.move.line",
+            [["move.description", "=", external_ref], ["account.type.receivable", "=", True]],
+            ["id", "move"],
+            limit=1,
+        )
+        return found[0] if found else None
+
+    @staticmethod
+    def _invoice_result(invoice: dict[str, Any]) -> PostResult:
+        return PostResult(
+            str(invoice["id"]),
+            invoice.get("number") or "",
+            {"state": str(invoice["state"]), "total": str(invoice.get("total_amount", ""))},
+        )
+
+    # -- customers ------------------------------------------------------------------------
+
+    def ensure_customer(self, doc: CustomerDocument) -> PostResult:
+        party = self._find_party(doc.external_ref)
+        if party is None:
+            values: dict[str, Any] = {"name": doc.name or doc.external_ref, "code": doc.external_ref}
+            address = _address_values(doc.bill_to)
+            values["addresses"] = [["create", [address]]]
+            if doc.email:
+                values["contact_mechanisms"] = [["create", [{"type": "email", "value": doc.email}]]]
+            if doc.tax_id:
+                values["identifiers"] = [["create", [{"code": doc.tax_id}]]]
+            [party_id] = self.rpc.call("model.party.party.create", [[values]], writes=True)
+            return PostResult(str(party_id), doc.external_ref, {"action": "created"})
+        if doc.name and party["name"] != doc.name:
+            self.rpc.call("model.party.party.write", [[party["id"]], {"name": doc.name}], writes=True)
+            return PostResult(str(party["id"]), doc.external_ref, {"action": "updated"})
+        return PostResult(str(party["id"]), doc.external_ref, {"action": "unchanged"})
+
+    # -- invoices -------------------------------------------------------------------------
+
+    def post_invoice(self, doc: InvoiceDocument) -> PostResult:
+        expected_total = to_decimal(doc.total_minor, doc.currency)
+        invoice_id = None
+        for invoice in self._find_invoices(doc.external_ref):
+            if invoice["state"] in POSTED_STATES:
+                if invoice["total_amount"] != expected_total:
+                    raise BusinessRuleError(
+                        "amount_mismatch",
+                        f"Invoice {doc.number} is already posted in Tryton as {invoice['number']} for "
+                        f"{invoice['total_amount']} {doc.currency}, but billing now says {expected_total}. "
+                        "Issue a credit note in billing rather than changing a posted invoice.",
+                        f"posted total {invoice['total_amount']} != {expected_total}",
+                    )
+                return self._invoice_result(invoice)
+            if invoice["state"] in ("draft", "validated"):
+                if invoice_id is None and invoice["total_amount"] == expected_total:
+                    invoice_id = int(invoice["id"])  # left by a post that failed: reuse it
+                elif invoice["state"] == "draft":
+                    self.rpc.call("model.account.invoice.delete", [[invoice["id"]]], writes=True)
+        if invoice_id is None:
+            invoice_id = self._create_invoice(doc)
+            [created] = self._read("account.invoice", [invoice_id], ["total_amount"])
+            if created["total_amount"] != expected_total:
+                raise BusinessRuleError(
+                    "amount_mismatch",
+                    f"Tryton computes {created['total_amount']} {doc.currency} for invoice {doc.number}, "
+                    f"billing says {expected_total}. Check the tax mapping of its lines; the draft stays in "
+                    "Tryton and is replaced on retry.",
+                    f"draft {invoice_id} total {created['total_amount']} != {expected_total}",
+                )
+        self.rpc.call("model.account.invoice.post", [[invoice_id]], writes=True)
+        [posted] = self._read("account.invoice", [invoice_id], ["id", "state", "number", "total_amount"])
+        return self._invoice_result(posted)
+
+    def _create_invoice(self, doc: InvoiceDocument) -> int:
+        currency_id = self._currency_id(doc.currency)
+        party_id = int(doc.customer_erp_id)
+        [party] = self._read("party.party", [party_id], ["addresses", "account_receivable"])
+        if not party["addresses"]:
+            raise BusinessRuleError(
+                "customer_without_address",
+                f"The customer of invoice {doc.number} has no address in Tryton; add one and retry.",
+            )
+        receivable = party.get("account_receivable") or self._default_receivable()
+        journal = self._lookup_id(
+            "account.journal",
+            "type",
+            "revenue",
+            code="no_revenue_journal",
+            message="Tryton has no revenue journal to post customer invoices in.",
+        )
+        accounts = self._accounts({line.revenue_account for line in doc.lines})
+        taxes = self._taxes({line.tax_code for line in doc.lines if line.tax_code})
+        lines = []
+        for line in doc.lines:
+            values: dict[str, Any] = {
+                "type": "line",
+                "account": accounts[line.revenue_account],
+                "description": line.description,
+                "quantity": line.quantity,
+                "unit_price": to_decimal(line.unit_amount_minor, doc.currency),
+                "currency": currency_id,
+            }
+            if line.tax_code:
+                values["taxes"] = [["add", [taxes[line.tax_code]]]]
+            lines.append(values)
+        values = {
+            "type": "out",
+            "party": party_id,
+            "invoice_address": party["addresses"][0],
+            "account": receivable,
+            "journal": journal,
+            "currency": currency_id,
+            "invoice_date": doc.invoice_date,
+            "reference": doc.external_ref,
+            "description": f"{doc.number} ({doc.customer_ref})"[:200],
+            "lines": [["create", lines]],
+        }
+        if doc.due_date:
+            values["payment_term_date"] = doc.due_date
+        [invoice_id] = self.rpc.call("model.account.invoice.create", [[values]], writes=True)
+        return int(invoice_id)
+
+    def _default_receivable(self) -> int:
+        key = ("account.configuration", "default_account_receivable")
+        if key not in self._ids:
+            [config] = self._read("account.configuration", [1], ["default_account_receivable"])
+            if not config.get("default_account_receivable"):
+                raise ConfigurationError(
+                    "Tryton has no default receivable account for customers",
+                    finance_message="Tryton has no default customer receivable account; the ERP administrator "
+                    "must set one in the accounting configuration.",
+                )
+            self._ids[key] = int(config["default_account_receivable"])
+        return self._ids[key]
+
+    def _accounts(self, codes: set[str]) -> dict[str, int]:
+        found = self._search_read(
+            "account.account", [["code", "in", sorted(codes)], ["closed", "!=", True]], ["id", "code", "type.revenue"]
+        )
+        by_code = {row["code"]: row for row in found}
+        for code in sorted(codes):
+            row = by_code.get(code)
+            if row is None:
+                raise BusinessRuleError(
+                    "unmapped_revenue_account",
+                    f"The revenue account '{code}' does not exist (or is closed) in Tryton. Fix the revenue "
+                    "account mapping in the hub, or open the account in Tryton, then retry.",
+                    f"no open account.account with code {code!r}",
+                )
+            if not (row.get("type.") or {}).get("revenue"):
+                raise BusinessRuleError(
+                    "unmapped_revenue_account",
+                    f"The account '{code}' in Tryton is not a revenue account. Map invoice lines to a revenue "
+                    "account, then retry.",
+                    f"account.account {row['id']} ({code}) has no revenue type",
+                )
+        return {code: int(row["id"]) for code, row in by_code.items()}
+
+    def _taxes(self, names: set[str]) -> dict[str, int]:
+        if not names:
+            return {}
+        found = self._search_read("account.tax", [["name", "in", sorted(names)]], ["id", "name"])
+        by_name = {row["name"]: int(row["id"]) for row in found}
+        for name in sorted(names):
+            if name not in by_name:
+                raise BusinessRuleError(
+                    "unknown_tax_code",
+                    f"The tax '{name}' does not exist in Tryton. Fix the tax code mapping in the hub, then retry.",
+                    f"no account.tax named {name!r}",
+                )
+        return by_name
+
+    # -- payments -------------------------------------------------------------------------
+
+    def apply_payment(self, doc: PaymentDocument) -> PostResult:
+        invoice_id = int(doc.invoice_erp_id)
+        existing = self._find_payment_line(doc.external_ref)
+        if existing is not None:
+            return PostResult(str(existing["id"]), doc.external_ref, {"action": "already applied"})
+        method_id = self._lookup_id(
+            "account.invoice.payment.method",
+            "name",
+            doc.payment_journal,
+            code="unknown_payment_journal",
+            message=f"The payment method '{doc.payment_journal}' does not exist in Tryton. Fix the payment journal "
+            "mapping in the hub, then retry.",
+        )
+        amount = to_decimal(doc.amount_minor, doc.currency)
+        [invoice] = self._read("account.invoice", [invoice_id], ["state", "amount_to_pay", "number", "currency.code"])
+        if invoice["state"] == "paid" or invoice["amount_to_pay"] < amount:
+            raise BusinessRuleError(
+                "overpayment",
+                f"Tryton invoice {invoice['number']} has {invoice['amount_to_pay']} left to pay; the payment of "
+                f"{amount} {doc.currency} does not fit. Check for a payment recorded by hand in Tryton.",
+                f"invoice {invoice_id} state {invoice['state']} amount_to_pay {invoice['amount_to_pay']}",
+            )
+        self._run_pay_wizard(invoice_id, amount, method_id, doc)
+        line = self._find_payment_line(doc.external_ref)
+        if line is None:
+            raise UncertainOutcome(f"the pay wizard finished but no payment line carries {doc.external_ref}")
+        return PostResult(str(line["id"]), doc.external_ref, {"action": "applied"})
+
+    def _run_pay_wizard(self, invoice_id: int, amount: Decimal, method_id: int, doc: PaymentDocument) -> None:
+        wizard = "wizard.account.invoice.pay"
+        session_id, _, _ = self.rpc.call(f"{wizard}.create", [], writes=False)
+        context = {**self.rpc.context, "active_model": "account.invoice", "active_id": invoice_id}
+        context["active_ids"] = [invoice_id]
+        try:
+            shown = self.rpc.call(f"{wizard}.execute", [session_id, {}, "start", context], writes=False, with_context=False)
+            start = {key: value for key, value in shown["view"]["defaults"].items() if "." not in key}
+            start.update(amount=amount, payment_method=method_id, date=doc.paid_on, description=doc.external_ref)
+            data = {"start": start}
+            result = self.rpc.call(
+                f"{wizard}.execute", [session_id, data, "choice", context], writes=True, with_context=False
+            )
+            view = result.get("view") if isinstance(result, dict) else None
+            if view and view.get("state") == "ask":
+                ask = {key: value for key, value in view["defaults"].items() if "." not in key}
+                ask["type"] = "partial"
+                data["ask"] = ask
+                self.rpc.call(f"{wizard}.execute", [session_id, data, "pay", context], writes=True, with_context=False)
+        finally:
+            try:
+                self.rpc.call(f"{wizard}.delete", [session_id], writes=False)
+            except ConnectorError as exc:
+                log.warning("could not delete a Tryton wizard session: %s", exc, extra={"session": session_id})
+
+    def close(self) -> None:
+        self.rpc.http.close()

@@ -1,0 +1,153 @@
+"""A real Tryton server for the test session, on the real PostgreSQL.
+
+Activating the invoicing modules on PostgreSQL takes about a minute, so it is done once into a
+template database named after a hash of the setup code (and the year: fiscal years are built
+around today); every session then copies the template (a second) and serves the copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from datetime import date
+from decimal import Decimal
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+
+from apps.connectors import tryton_server as local_tryton
+from apps.connectors.tryton import TrytonConnector, TrytonRPC
+
+PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+PG_URI = "postgresql://postgres@127.0.0.1:5432/"
+PASSWORD = "tryton-test-admin"
+
+
+def _admin_sql(*statements: str) -> None:
+    connection = psycopg2.connect(dbname="postgres", **PG)
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            for statement in statements:
+                cursor.execute(statement)
+    finally:
+        connection.close()
+
+
+def _databases(prefix: str) -> list[str]:
+    connection = psycopg2.connect(dbname="postgres", **PG)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [prefix + "%"])
+            return [row[0] for row in cursor.fetchall()]
+    finally:
+        connection.close()
+
+
+def _template_name() -> str:
+    source = Path(local_tryton.__file__).read_bytes()
+    stamp = hashlib.sha256(source + version("trytond").encode() + str(date.today().year).encode())
+    return f"hub_tryton_tpl_{stamp.hexdigest()[:12]}"
+
+
+def _ensure_template(workdir: Path) -> str:
+    template = _template_name()
+    if template in _databases(template):
+        return template
+    for stale in _databases("hub_tryton_tpl_"):
+        _admin_sql(f'DROP DATABASE IF EXISTS "{stale}"')
+    building = template + "_building"
+    _admin_sql(f'DROP DATABASE IF EXISTS "{building}"', f'CREATE DATABASE "{building}" ENCODING \'UTF8\'')
+    config = local_tryton.write_config(workdir / "template", postgres_uri=PG_URI)
+    local_tryton.bootstrap(config, building, PASSWORD)
+    # Renamed only once complete, so an interrupted build is never mistaken for a template.
+    _admin_sql(f'ALTER DATABASE "{building}" RENAME TO "{template}"')
+    return template
+
+
+@pytest.fixture(scope="session")
+def tryton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local_tryton.TrytonServer]:
+    workdir = tmp_path_factory.mktemp("tryton")
+    template = _ensure_template(workdir)
+    database = f"hub_tryton_test_{os.getpid()}"
+    _admin_sql(f'DROP DATABASE IF EXISTS "{database}"', f'CREATE DATABASE "{database}" TEMPLATE "{template}"')
+    port = local_tryton.free_port()
+    config = local_tryton.write_config(workdir / "server", port=port, postgres_uri=PG_URI)
+    server = local_tryton.start_server(config, database, PASSWORD, port, log_path=workdir / "trytond.log")
+    yield server
+    server.stop()
+    _admin_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def connector_settings(server: local_tryton.TrytonServer, **overrides: Any) -> dict[str, Any]:
+    return {
+        "url": server.url,
+        "database": server.database,
+        "username": server.username,
+        "password": server.password,
+        "timeout": 60,
+        **overrides,
+    }
+
+
+@pytest.fixture
+def tryton_connector(tryton_server: local_tryton.TrytonServer) -> Iterator[TrytonConnector]:
+    connector = TrytonConnector(connector_settings(tryton_server))
+    yield connector
+    connector.close()
+
+
+class TrytonInspector:
+    """Reads what the ERP holds, the way an accountant would look in Tryton."""
+
+    def __init__(self, server: local_tryton.TrytonServer) -> None:
+        self.rpc = TrytonRPC(server.url, server.database, server.username, server.password, 60)
+
+    def _search_read(self, model: str, domain: list[Any], fields: list[str]) -> list[dict[str, Any]]:
+        return self.rpc.call(f"model.{model}.search_read", [domain, 0, None, [["id", "ASC"]], fields], writes=False)  # type: ignore[no-any-return]
+
+    def parties(self, code: str) -> list[dict[str, Any]]:
+        return self._search_read("party.party", [["code", "=", code]], ["id", "name", "code"])
+
+    def invoices(self, reference: str) -> list[dict[str, Any]]:
+        return self._search_read(
+            "account.invoice",
+            [["reference", "=", reference]],
+            ["id", "state", "number", "total_amount", "tax_amount", "amount_to_pay", "invoice_date", "party"],
+        )
+
+    def invoice_lines(self, invoice_id: int) -> list[dict[str, Any]]:
+        rows = self._search_read(
+            "account.invoice.line", [["invoice", "=", invoice_id]], ["description", "amount", "quantity", "account.code"]
+        )
+        return [{**row, "account_code": (row.get("account.") or {}).get("code")} for row in rows]
+
+    def payment_lines(self, invoice_id: int) -> list[dict[str, Any]]:
+        [invoice] = self.rpc.call("model.account.invoice.read", [[invoice_id], ["payment_lines"]], writes=False)
+        if not invoice["payment_lines"]:
+            return []
+        return self.rpc.call(  # type: ignore[no-any-return]
+            "model.account.move.line.read",
+            [invoice["payment_lines"], ["id", "credit", "debit", "move.description"]],
+            writes=False,
+        )
+
+    def count(self, model: str, domain: list[Any]) -> int:
+        return int(self.rpc.call(f"model.{model}.search_count", [domain], writes=False))
+
+    def amount(self, value: Any) -> Decimal:
+        return Decimal(value)
+
+
+@pytest.fixture(scope="session")
+def tryton_inspector(tryton_server: local_tryton.TrytonServer) -> TrytonInspector:
+    return TrytonInspector(tryton_server)
+
+
+@pytest.fixture
+def tryton(tryton_inspector: TrytonInspector) -> TrytonInspector:
+    return tryton_inspector
