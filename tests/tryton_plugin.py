@@ -61,7 +61,7 @@ def _ensure_template(workdir: Path) -> str:
     for stale in _databases("hub_tryton_tpl_"):
         _admin_sql(f'DROP DATABASE IF EXISTS "{stale}"')
     building = template + "_building"
-    _admin_sql(f'DROP DATABASE IF EXISTS "{building}"', f'CREATE DATABASE "{building}" ENCODING \'UTF8\'')
+    _admin_sql(f'DROP DATABASE IF EXISTS "{building}"', f"CREATE DATABASE \"{building}\" ENCODING 'UTF8'")
     config = local_tryton.write_config(workdir / "template", postgres_uri=PG_URI)
     local_tryton.bootstrap(config, building, PASSWORD)
     # Renamed only once complete, so an interrupted build is never mistaken for a template.
@@ -122,7 +122,9 @@ class TrytonInspector:
 
     def invoice_lines(self, invoice_id: int) -> list[dict[str, Any]]:
         rows = self._search_read(
-            "account.invoice.line", [["invoice", "=", invoice_id]], ["description", "amount", "quantity", "account.code"]
+            "account.invoice.line",
+            [["invoice", "=", invoice_id]],
+            ["description", "amount", "quantity", "account.code"],
         )
         return [{**row, "account_code": (row.get("account.") or {}).get("code")} for row in rows]
 

@@ -197,7 +197,7 @@ class TrytonRPC:
             raise (UncertainOutcome if writes else TransientError)(
                 f"Tryton answered {where} with something that is not JSON", status=status, body_excerpt=body
             ) from exc
-        if "error" in data and data["error"]:
+        if data.get("error"):
             raise _classify_error(method, data["error"])
         return decode(data.get("result"))
 
@@ -208,9 +208,7 @@ class _SessionExpired(Exception):
 
 def _refused(exc: requests.ConnectionError) -> bool:
     text = repr(exc)
-    return "NewConnectionError" in text or "Connection refused" in text or "Max retries exceeded" in text and (
-        "Failed to establish" in text
-    )
+    return "NewConnectionError" in text or "Connection refused" in text
 
 
 def _retry_after(response: requests.Response) -> float | None:
@@ -243,7 +241,9 @@ def _classify_error(method: str, error: Any) -> ConnectorError:
     if kind in ("LoginException", "RateLimitException"):
         return AuthenticationError(f"{kind} from {method}", body_excerpt=_excerpt(error))
     # Any other exception is a crash inside Tryton; its transaction was rolled back.
-    return TransientError(f"Tryton raised an unexpected error in {method}: {_excerpt(kind, 300)}", body_excerpt=_excerpt(error))
+    return TransientError(
+        f"Tryton raised an unexpected error in {method}: {_excerpt(kind, 300)}", body_excerpt=_excerpt(error)
+    )
 
 
 class _ErpUserError(BusinessRuleError):
@@ -313,7 +313,8 @@ class TrytonConnector(ERPConnector):
             "code",
             currency,
             code="unknown_currency",
-            message=f"The currency {currency} is not set up in Tryton. Ask the ERP administrator to add it, then retry.",
+            message=f"The currency {currency} is not set up in Tryton. "
+            "Ask the ERP administrator to add it, then retry.",
         )
 
     def find_document(self, operation: str, external_ref: str) -> PostResult | None:
@@ -538,7 +539,9 @@ class TrytonConnector(ERPConnector):
         context = {**self.rpc.context, "active_model": "account.invoice", "active_id": invoice_id}
         context["active_ids"] = [invoice_id]
         try:
-            shown = self.rpc.call(f"{wizard}.execute", [session_id, {}, "start", context], writes=False, with_context=False)
+            shown = self.rpc.call(
+                f"{wizard}.execute", [session_id, {}, "start", context], writes=False, with_context=False
+            )
             start = {key: value for key, value in shown["view"]["defaults"].items() if "." not in key}
             start.update(amount=amount, payment_method=method_id, date=doc.paid_on, description=doc.external_ref)
             data = {"start": start}

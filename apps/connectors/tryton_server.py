@@ -43,9 +43,7 @@ MODULES = "account_invoice"
 BIN = Path(sys.executable).parent
 
 
-def write_config(
-    directory: Path, *, port: int = 8000, sqlite_dir: Path | None = None, postgres_uri: str = ""
-) -> Path:
+def write_config(directory: Path, *, port: int = 8000, sqlite_dir: Path | None = None, postgres_uri: str = "") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     if sqlite_dir is not None:
         sqlite_dir.mkdir(parents=True, exist_ok=True)
@@ -219,7 +217,16 @@ def bootstrap(config: Path, database: str, password: str, *, sqlite_dir: Path | 
     create_database(config, database, password, sqlite_dir=sqlite_dir)
     # proteus keeps trytond's pool in this process; a child keeps the caller clean.
     subprocess.run(
-        [sys.executable, "-m", "apps.connectors.tryton_server", "_setup", "--config", str(config), "--database", database],
+        [
+            sys.executable,
+            "-m",
+            "apps.connectors.tryton_server",
+            "_setup",
+            "--config",
+            str(config),
+            "--database",
+            database,
+        ],
         check=True,
         cwd=Path(__file__).resolve().parents[2],
     )
