@@ -1,0 +1,333 @@
+"""The Tryton connector against a real Tryton server: what lands in the ERP, that repeating a call
+never duplicates it, and how each kind of failure is classified. Faults a healthy server does not
+produce (throttling, a lost answer) come from a real HTTP proxy in front of the same server."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from apps.connectors.base import OPERATION_APPLY_PAYMENT, OPERATION_ENSURE_CUSTOMER, OPERATION_POST_INVOICE
+from apps.connectors.documents import (
+    Address,
+    CustomerDocument,
+    InvoiceDocument,
+    InvoiceLineDocument,
+    PaymentDocument,
+)
+from apps.connectors.tryton import TrytonConnector
+from apps.core.errors import AuthenticationError, BusinessRuleError, TransientError, UncertainOutcome
+from tests.fault_proxy import FaultProxy
+from tests.tryton_plugin import connector_settings
+
+pytestmark = pytest.mark.tryton
+
+
+def ref(prefix: str) -> str:
+    return f"test:{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+def customer(connector: TrytonConnector, name: str = "Globex Ltd") -> tuple[str, str]:
+    external_ref = ref("cus")
+    result = connector.ensure_customer(
+        CustomerDocument(
+            external_ref=external_ref,
+            name=name,
+            email="ap@globex.example",
+            bill_to=Address(line1="1 Main St", city="Springfield", postal_code="12345", country="US"),
+        )
+    )
+    return external_ref, result.erp_id
+
+
+def invoice_doc(customer_ref: str, customer_erp_id: str, **overrides: Any) -> InvoiceDocument:
+    lines = overrides.pop(
+        "lines",
+        (
+            InvoiceLineDocument("Pro plan", Decimal(1), 4900, 4900, "4000"),
+            InvoiceLineDocument("API calls", Decimal(5), 250, 1250, "4100", tax_code="VAT20", tax_minor=250),
+        ),
+    )
+    values: dict[str, Any] = {
+        "external_ref": ref("in"),
+        "number": "INV-0042",
+        "customer_ref": customer_ref,
+        "customer_erp_id": customer_erp_id,
+        "currency": "USD",
+        "invoice_date": date.today(),
+        "due_date": date.today(),
+        "lines": lines,
+        "subtotal_minor": 6150,
+        "tax_minor": 250,
+        "total_minor": 6400,
+    }
+    values.update(overrides)
+    return InvoiceDocument(**values)
+
+
+def payment_doc(
+    invoice: InvoiceDocument, invoice_erp_id: str, amount_minor: int, journal: str = "Card"
+) -> PaymentDocument:
+    return PaymentDocument(
+        external_ref=ref("py"),
+        invoice_ref=invoice.external_ref,
+        invoice_erp_id=invoice_erp_id,
+        customer_erp_id=invoice.customer_erp_id,
+        currency=invoice.currency,
+        amount_minor=amount_minor,
+        paid_on=date.today(),
+        payment_journal=journal,
+    )
+
+
+def test_customer_is_created_once_and_renamed_in_place(tryton_connector: TrytonConnector, tryton: Any) -> None:
+    external_ref, erp_id = customer(tryton_connector)
+    again = tryton_connector.ensure_customer(CustomerDocument(external_ref=external_ref, name="Globex Corporation"))
+
+    assert again.erp_id == erp_id
+    assert tryton.parties(external_ref) == [{"id": int(erp_id), "name": "Globex Corporation", "code": external_ref}]
+    assert tryton_connector.find_document(OPERATION_ENSURE_CUSTOMER, external_ref).erp_id == erp_id  # type: ignore[union-attr]
+    assert tryton_connector.find_document(OPERATION_ENSURE_CUSTOMER, ref("cus")) is None
+
+
+def test_invoice_is_posted_with_billing_amounts_accounts_and_tax(
+    tryton_connector: TrytonConnector, tryton: Any
+) -> None:
+    doc = invoice_doc(*customer(tryton_connector))
+    assert tryton_connector.find_document(OPERATION_POST_INVOICE, doc.external_ref) is None
+
+    result = tryton_connector.post_invoice(doc)
+
+    [invoice] = tryton.invoices(doc.external_ref)
+    assert (invoice["state"], invoice["total_amount"], invoice["tax_amount"]) == (
+        "posted",
+        Decimal("64.00"),
+        Decimal("2.50"),
+    )
+    assert result.erp_id == str(invoice["id"]) and result.erp_number == invoice["number"]
+    assert invoice["number"].startswith(f"INV/{date.today().year}/")
+    lines = sorted(
+        (line["description"], line["amount"], line["account_code"]) for line in tryton.invoice_lines(invoice["id"])
+    )
+    assert lines == [("API calls", Decimal("12.50"), "4100"), ("Pro plan", Decimal("49.00"), "4000")]
+
+
+def test_posting_the_same_invoice_again_returns_the_posted_one(tryton_connector: TrytonConnector, tryton: Any) -> None:
+    doc = invoice_doc(*customer(tryton_connector))
+    first = tryton_connector.post_invoice(doc)
+    second = tryton_connector.post_invoice(doc)
+
+    assert second.erp_id == first.erp_id and second.erp_number == first.erp_number
+    assert len(tryton.invoices(doc.external_ref)) == 1
+    assert tryton_connector.find_document(OPERATION_POST_INVOICE, doc.external_ref).erp_id == first.erp_id  # type: ignore[union-attr]
+
+
+def test_a_draft_left_by_a_failed_post_is_reused_not_duplicated(tryton_connector: TrytonConnector, tryton: Any) -> None:
+    doc = invoice_doc(*customer(tryton_connector))
+    draft_id = tryton_connector._create_invoice(doc)  # what a post that failed after creating leaves behind
+    assert tryton_connector.find_document(OPERATION_POST_INVOICE, doc.external_ref) is None  # a draft is not done
+
+    result = tryton_connector.post_invoice(doc)
+
+    assert result.erp_id == str(draft_id)
+    assert [(i["id"], i["state"]) for i in tryton.invoices(doc.external_ref)] == [(draft_id, "posted")]
+
+
+def test_a_stale_draft_with_another_total_is_replaced(tryton_connector: TrytonConnector, tryton: Any) -> None:
+    customer_ref, customer_id = customer(tryton_connector)
+    doc = invoice_doc(customer_ref, customer_id)
+    stale = invoice_doc(
+        customer_ref,
+        customer_id,
+        external_ref=doc.external_ref,
+        lines=(InvoiceLineDocument("Pro plan", Decimal(1), 1000, 1000, "4000"),),
+        subtotal_minor=1000,
+        tax_minor=0,
+        total_minor=1000,
+    )
+    tryton_connector._create_invoice(stale)
+
+    tryton_connector.post_invoice(doc)
+
+    [invoice] = tryton.invoices(doc.external_ref)
+    assert (invoice["state"], invoice["total_amount"]) == ("posted", Decimal("64.00"))
+
+
+def test_unmapped_revenue_account_is_refused_in_finance_words(tryton_connector: TrytonConnector, tryton: Any) -> None:
+    doc = invoice_doc(*customer(tryton_connector), lines=(InvoiceLineDocument("Pro", Decimal(1), 6400, 6400, "4999"),))
+
+    with pytest.raises(BusinessRuleError) as raised:
+        tryton_connector.post_invoice(doc)
+
+    assert raised.value.code == "unmapped_revenue_account"
+    assert "'4999' does not exist" in raised.value.finance_message
+    assert tryton.invoices(doc.external_ref) == []
+
+
+def test_an_account_that_is_not_revenue_is_refused(tryton_connector: TrytonConnector) -> None:
+    doc = invoice_doc(*customer(tryton_connector), lines=(InvoiceLineDocument("Pro", Decimal(1), 6400, 6400, "1150"),))
+    with pytest.raises(BusinessRuleError) as raised:
+        tryton_connector.post_invoice(doc)
+    assert raised.value.code == "unmapped_revenue_account"
+    assert "'1150' in Tryton is not a revenue account" in raised.value.finance_message
+
+
+def test_unknown_tax_and_unknown_currency_are_refused(tryton_connector: TrytonConnector) -> None:
+    customer_ref, customer_id = customer(tryton_connector)
+    untaxed = (InvoiceLineDocument("Pro", Decimal(1), 6400, 6400, "4000", tax_code="GST7", tax_minor=448),)
+    with pytest.raises(BusinessRuleError) as tax:
+        tryton_connector.post_invoice(invoice_doc(customer_ref, customer_id, lines=untaxed))
+    assert tax.value.code == "unknown_tax_code" and "GST7" in tax.value.finance_message
+
+    with pytest.raises(BusinessRuleError) as currency:
+        tryton_connector.post_invoice(invoice_doc(customer_ref, customer_id, currency="CHF"))
+    assert currency.value.code == "unknown_currency" and "CHF" in currency.value.finance_message
+
+
+def test_billing_total_that_tryton_cannot_reproduce_is_not_posted(
+    tryton_connector: TrytonConnector, tryton: Any
+) -> None:
+    # Billing says 10.00 tax on a 49.00 line; Tryton's VAT20 gives 9.80.
+    lines = (InvoiceLineDocument("Pro", Decimal(1), 4900, 4900, "4000", tax_code="VAT20", tax_minor=1000),)
+    doc = invoice_doc(*customer(tryton_connector), lines=lines, subtotal_minor=4900, tax_minor=1000, total_minor=5900)
+
+    with pytest.raises(BusinessRuleError) as raised:
+        tryton_connector.post_invoice(doc)
+
+    assert raised.value.code == "amount_mismatch" and "58.80" in raised.value.finance_message
+    assert [i["state"] for i in tryton.invoices(doc.external_ref)] == ["draft"]
+
+
+def test_tryton_user_error_reaches_finance_in_trytons_words(tryton_connector: TrytonConnector, tryton: Any) -> None:
+    # No fiscal year covers 1999: Tryton itself refuses to post.
+    doc = invoice_doc(*customer(tryton_connector), invoice_date=date(1999, 6, 30), due_date=None)
+    with pytest.raises(BusinessRuleError) as raised:
+        tryton_connector.post_invoice(doc)
+    assert raised.value.code == "erp_rejected"
+    assert raised.value.finance_message.startswith("Tryton refused it: ")
+    assert "UserError" in raised.value.technical_detail()
+    assert [i["state"] for i in tryton.invoices(doc.external_ref)] != ["posted"]
+
+
+def test_partial_payments_settle_the_invoice_and_are_applied_once(
+    tryton_connector: TrytonConnector, tryton: Any
+) -> None:
+    doc = invoice_doc(*customer(tryton_connector))
+    invoice_id = tryton_connector.post_invoice(doc).erp_id
+    first = payment_doc(doc, invoice_id, 4000)
+    second = payment_doc(doc, invoice_id, 2400, journal="Bank")
+    assert tryton_connector.find_document(OPERATION_APPLY_PAYMENT, first.external_ref) is None
+
+    applied = tryton_connector.apply_payment(first)
+    assert tryton_connector.apply_payment(first).erp_id == applied.erp_id  # repeated: nothing new
+    [partly] = tryton.invoices(doc.external_ref)
+    assert (partly["state"], partly["amount_to_pay"]) == ("posted", Decimal("24.00"))
+
+    tryton_connector.apply_payment(second)
+
+    [paid] = tryton.invoices(doc.external_ref)
+    assert (paid["state"], paid["amount_to_pay"]) == ("paid", Decimal("0"))
+    descriptions = sorted(line["move."]["description"] for line in tryton.payment_lines(int(invoice_id)))
+    assert descriptions == sorted([first.external_ref, second.external_ref])
+    assert tryton_connector.find_document(OPERATION_APPLY_PAYMENT, first.external_ref).erp_id == applied.erp_id  # type: ignore[union-attr]
+
+
+def test_a_payment_larger_than_what_is_due_is_refused(tryton_connector: TrytonConnector, tryton: Any) -> None:
+    doc = invoice_doc(*customer(tryton_connector))
+    invoice_id = tryton_connector.post_invoice(doc).erp_id
+    with pytest.raises(BusinessRuleError) as raised:
+        tryton_connector.apply_payment(payment_doc(doc, invoice_id, 9900))
+    assert raised.value.code == "overpayment" and "64.00 left to pay" in raised.value.finance_message
+    assert tryton.payment_lines(int(invoice_id)) == []
+
+
+def test_unknown_payment_method_is_refused(tryton_connector: TrytonConnector) -> None:
+    doc = invoice_doc(*customer(tryton_connector))
+    invoice_id = tryton_connector.post_invoice(doc).erp_id
+    with pytest.raises(BusinessRuleError) as raised:
+        tryton_connector.apply_payment(payment_doc(doc, invoice_id, 6400, journal="Crypto"))
+    assert raised.value.code == "unknown_payment_journal" and "'Crypto'" in raised.value.finance_message
+
+
+# -- failure classification ----------------------------------------------------------------
+
+
+@pytest.fixture
+def proxy(tryton_server: Any) -> Any:
+    fault_proxy = FaultProxy(tryton_server.url)
+    yield fault_proxy
+    fault_proxy.stop()
+
+
+def proxied(tryton_server: Any, proxy: FaultProxy, **overrides: Any) -> TrytonConnector:
+    return TrytonConnector(connector_settings(tryton_server, url=proxy.url, **overrides))
+
+
+def test_a_lost_answer_to_a_post_is_uncertain_and_the_lookup_finds_the_invoice(
+    tryton_server: Any, proxy: FaultProxy, tryton: Any
+) -> None:
+    connector = proxied(tryton_server, proxy, timeout=2)
+    doc = invoice_doc(*customer(connector))
+    proxy.inject("model.account.invoice.post", hold_seconds=4)
+
+    with pytest.raises(UncertainOutcome):
+        connector.post_invoice(doc)
+
+    found = connector.find_document(OPERATION_POST_INVOICE, doc.external_ref)
+    [invoice] = tryton.invoices(doc.external_ref)
+    assert invoice["state"] == "posted" and found is not None and found.erp_id == str(invoice["id"])
+
+
+def test_a_lost_answer_to_a_read_is_only_transient(tryton_server: Any, proxy: FaultProxy) -> None:
+    connector = proxied(tryton_server, proxy, timeout=2)
+    customer(connector)  # signed in
+    proxy.inject("model.party.party.search_read", hold_seconds=4)
+    with pytest.raises(TransientError):
+        connector.find_document(OPERATION_ENSURE_CUSTOMER, ref("cus"))
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_throttling_and_lock_contention_are_transient_and_honour_retry_after(
+    tryton_server: Any, proxy: FaultProxy, tryton: Any, status: int
+) -> None:
+    connector = proxied(tryton_server, proxy)
+    doc = invoice_doc(*customer(connector))
+    proxy.inject("model.account.invoice.post", status=status, retry_after="7")
+
+    with pytest.raises(TransientError) as raised:
+        connector.post_invoice(doc)
+
+    assert raised.value.status == status and raised.value.retry_after == 7.0
+    assert [i["state"] for i in tryton.invoices(doc.external_ref)] == ["draft"]
+    assert connector.post_invoice(doc).erp_id == str(tryton.invoices(doc.external_ref)[0]["id"])  # next try posts it
+
+
+def test_an_erp_that_is_down_is_transient(tryton_server: Any) -> None:
+    from apps.connectors.tryton_server import free_port
+
+    connector = TrytonConnector(connector_settings(tryton_server, url=f"http://127.0.0.1:{free_port()}"))
+    with pytest.raises(TransientError, match="connection failed"):
+        connector.ensure_customer(CustomerDocument(external_ref=ref("cus"), name="Nobody"))
+
+
+def test_wrong_password_is_an_authentication_error(tryton_server: Any) -> None:
+    connector = TrytonConnector(connector_settings(tryton_server, password="not-the-password"))
+    with pytest.raises(AuthenticationError) as raised:
+        connector.ensure_customer(CustomerDocument(external_ref=ref("cus"), name="Nobody"))
+    assert "sign in" in raised.value.finance_message
+
+
+def test_an_expired_session_signs_in_again_without_losing_the_call(
+    tryton_connector: TrytonConnector, tryton: Any
+) -> None:
+    external_ref, _ = customer(tryton_connector)
+    # Tryton forgets the session (expiry, restart with another session store): the next call gets 401.
+    tryton_connector.rpc._auth = tryton_connector.rpc._auth[:-6] + "AAAAAA"  # type: ignore[index]
+
+    result = tryton_connector.ensure_customer(CustomerDocument(external_ref=external_ref, name="Globex Renamed"))
+
+    assert tryton.parties(external_ref)[0]["name"] == "Globex Renamed" and result.detail["action"] == "updated"
