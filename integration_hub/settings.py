@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("HUB_VAR_DIR", BASE_DIR / "var"))
@@ -31,6 +32,13 @@ if not SECRET_KEY:
         raise RuntimeError("SECRET_KEY must be set")
     SECRET_KEY = "insecure-development-key-set-SECRET_KEY-in-production"
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,testserver,[::1]")
+
+# E-mail for exception cases and the daily digest; the console backend prints them (demo).
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = int(os.environ.get("EMAIL_PORT", "25"))
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "integration-hub@localhost")
+HUB_PUBLIC_URL = os.environ.get("HUB_PUBLIC_URL", "http://127.0.0.1:8000")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 
 INSTALLED_APPS = [
@@ -143,6 +151,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "posting.sweep_postings",
         "schedule": float(os.environ.get("HUB_SWEEP_SECONDS", "30")),
     },
+    "exception-digest": {"task": "console.send_digest", "schedule": crontab(hour=7, minute=0)},
 }
 
 # --- The hub ------------------------------------------------------------------------------------

@@ -235,6 +235,7 @@ def _classify_error(method: str, error: Any) -> ConnectorError:
             f"Tryton asked for a confirmation the hub does not give on its own: {message}",
             f"UserWarning from {method}",
             body_excerpt=_excerpt(error),
+            params={"erp_message": str(message)},
         )
     if kind in ("ConcurrencyException", "TimeoutException"):
         return TransientError(f"{kind} from {method}", body_excerpt=_excerpt(error))
@@ -249,7 +250,13 @@ def _classify_error(method: str, error: Any) -> ConnectorError:
 class _ErpUserError(BusinessRuleError):
     def __init__(self, method: str, message: str, description: str, excerpt: str) -> None:
         text = message + (f" {description}" if description else "")
-        super().__init__("erp_rejected", f"Tryton refused it: {text}", f"UserError from {method}", body_excerpt=excerpt)
+        super().__init__(
+            "erp_rejected",
+            f"Tryton refused it: {text}",
+            f"UserError from {method}",
+            body_excerpt=excerpt,
+            params={"erp_message": text},
+        )
 
 
 def _address_values(address: Address) -> dict[str, Any]:
@@ -303,7 +310,7 @@ class TrytonConnector(ERPConnector):
         if key not in self._ids:
             found = self._search_read(model, [[field, "=", value]], ["id"], limit=1)
             if not found:
-                raise BusinessRuleError(code, message, f"no {model} with {field} = {value!r}")
+                raise BusinessRuleError(code, message, f"no {model} with {field} = {value!r}", params={"value": value})
             self._ids[key] = int(found[0]["id"])
         return self._ids[key]
 
@@ -382,6 +389,7 @@ class TrytonConnector(ERPConnector):
                         f"{invoice['total_amount']} {doc.currency}, but billing now says {expected_total}. "
                         "Issue a credit note in billing rather than changing a posted invoice.",
                         f"posted total {invoice['total_amount']} != {expected_total}",
+                        params={"erp_total": str(invoice["total_amount"]), "billing_total": str(expected_total)},
                     )
                 return self._invoice_result(invoice)
             if invoice["state"] in ("draft", "validated"):
@@ -399,6 +407,7 @@ class TrytonConnector(ERPConnector):
                     f"billing says {expected_total}. Check the tax mapping of its lines; the draft stays in "
                     "Tryton and is replaced on retry.",
                     f"draft {invoice_id} total {created['total_amount']} != {expected_total}",
+                    params={"erp_total": str(created["total_amount"]), "billing_total": str(expected_total)},
                 )
         self.rpc.call("model.account.invoice.post", [[invoice_id]], writes=True)
         [posted] = self._read("account.invoice", [invoice_id], ["id", "state", "number", "total_amount"])
@@ -479,6 +488,7 @@ class TrytonConnector(ERPConnector):
                     f"The revenue account '{code}' does not exist (or is closed) in Tryton. Fix the revenue "
                     "account mapping in the hub, or open the account in Tryton, then retry.",
                     f"no open account.account with code {code!r}",
+                    params={"value": code},
                 )
             if not (row.get("type.") or {}).get("revenue"):
                 raise BusinessRuleError(
@@ -486,6 +496,7 @@ class TrytonConnector(ERPConnector):
                     f"The account '{code}' in Tryton is not a revenue account. Map invoice lines to a revenue "
                     "account, then retry.",
                     f"account.account {row['id']} ({code}) has no revenue type",
+                    params={"value": code},
                 )
         return {code: int(row["id"]) for code, row in by_code.items()}
 
@@ -500,6 +511,7 @@ class TrytonConnector(ERPConnector):
                     "unknown_tax_code",
                     f"The tax '{name}' does not exist in Tryton. Fix the tax code mapping in the hub, then retry.",
                     f"no account.tax named {name!r}",
+                    params={"value": name},
                 )
         return by_name
 
@@ -526,6 +538,7 @@ class TrytonConnector(ERPConnector):
                 f"Tryton invoice {invoice['number']} has {invoice['amount_to_pay']} left to pay; the payment of "
                 f"{amount} {doc.currency} does not fit. Check for a payment recorded by hand in Tryton.",
                 f"invoice {invoice_id} state {invoice['state']} amount_to_pay {invoice['amount_to_pay']}",
+                params={"erp_total": str(invoice["amount_to_pay"]), "billing_total": str(amount)},
             )
         self._run_pay_wizard(invoice_id, amount, method_id, doc)
         line = self._find_payment_line(doc.external_ref)

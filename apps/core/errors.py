@@ -44,20 +44,37 @@ class BusinessRuleError(ConnectorError):
     """The ERP refused the document for a reason finance can act on (unmapped account, closed
     period, missing tax registration). Parked; no automatic retry."""
 
-    def __init__(self, code: str, finance_message: str, detail: str = "", **kwargs: object) -> None:
+    def __init__(
+        self,
+        code: str,
+        finance_message: str,
+        detail: str = "",
+        *,
+        params: dict[str, str] | None = None,
+        **kwargs: object,
+    ) -> None:
         super().__init__(detail or finance_message, **kwargs)  # type: ignore[arg-type]
         self.code = code
         self.finance_message = finance_message
+        # Named facts (an account code, a tax name) the console's message catalogue words for finance.
+        self.params = params or {}
 
 
 class ConfigurationError(ConnectorError):
     """The hub's own configuration for this ERP is wrong or incomplete. Parked for engineers."""
 
     def __init__(
-        self, detail: str = "", *, finance_message: str = "", code: str = "configuration", **kwargs: object
+        self,
+        detail: str = "",
+        *,
+        finance_message: str = "",
+        code: str = "configuration",
+        params: dict[str, str] | None = None,
+        **kwargs: object,
     ) -> None:
         super().__init__(detail, **kwargs)  # type: ignore[arg-type]
         self.code = code
+        self.params = params or {}
         self.finance_message = finance_message or (
             "The ERP connection is not configured correctly; an integration engineer must fix it."
         )

@@ -20,6 +20,9 @@ class InboxEvent(models.Model):
     source = models.CharField(max_length=64)
     event_id = models.CharField(max_length=255)
     event_type = models.CharField(max_length=128, db_index=True)
+    object_id = models.CharField(
+        max_length=255, blank=True, db_index=True, help_text="The billing object the event is about (in_..., cus_...)."
+    )
     received_at = models.DateTimeField(auto_now_add=True, db_index=True)
     headers = models.JSONField(default=dict)
     body = models.TextField()
@@ -34,6 +37,7 @@ class InboxEvent(models.Model):
         ordering = ["-received_at", "-id"]
         constraints = [models.UniqueConstraint(fields=["source", "event_id"], name="inbox_event_once")]
         verbose_name = "inbox event"
+        permissions = [("view_sensitive_payload", "Can see sensitive fields of raw payloads")]
 
     def __str__(self) -> str:
         return f"{self.source} {self.event_type} {self.event_id}"

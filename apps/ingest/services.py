@@ -67,6 +67,7 @@ def store_event(source: BillingSource, envelope: dict[str, Any], body: bytes, he
                 source=source.name,
                 event_id=event_id,
                 event_type=str(envelope["type"])[:128],
+                object_id=str(envelope["data"]["object"].get("id") or "")[:255],
                 headers={key: headers[key] for key in _KEPT_HEADERS if key in headers},
                 body=body.decode("utf-8"),
                 correlation_id=get_correlation_id(),

@@ -65,6 +65,7 @@ def _mapped(connection: ERPConnection, kind: str, keys: list[str], what: str) ->
             f"No {word} is mapped for {what} on ERP connection '{connection.name}'. "
             f"Add a {word} mapping (for one of: {', '.join(exc.keys) or 'default'}) and retry.",
             str(exc),
+            params={"mapping_kind": word, "keys": ", ".join(exc.keys) or "default", "item": what},
         ) from exc
 
 

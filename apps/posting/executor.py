@@ -33,7 +33,7 @@ from apps.core.errors import (
     UncertainOutcome,
 )
 from apps.core.secrets import MissingSecret
-from apps.posting import dispatch
+from apps.posting import dispatch, signals
 from apps.posting.documents import customer_document, invoice_document, payment_document
 from apps.posting.models import (
     CLAIMABLE_STATES,
@@ -231,11 +231,14 @@ def _posted(claimed: Claim, result: PostResult, outcome: str) -> str:
             error_code="",
             finance_message="",
             technical_detail="",
+            error_params={},
         ):
             log.warning("claim lost before recording the posting", extra={"posting_id": posting.pk})
             return "lost_claim"
         audit.record("posting.posted", posting, after={"erp_id": result.erp_id, "erp_number": result.erp_number})
         release_waiting(posting.idempotency_key)
+        posting.refresh_from_db()
+        signals.settled.send(sender=Posting, posting=posting, actor=audit.SYSTEM)
     log.info(
         "posted",
         extra={
@@ -274,9 +277,12 @@ def _retry(
                     "An integration engineer must check the connection; the posting can then be retried."
                 ),
                 technical_detail=detail,
+                error_params={"last_outcome": outcome},
             )
             if moved:
                 audit.record("posting.dead", posting, reason=detail[:500])
+                posting.refresh_from_db()
+                signals.needs_attention.send(sender=Posting, posting=posting)
             return state
         delay = backoff_seconds(posting.attempt_count, retry_after)
         retry_at = timezone.now() + timedelta(seconds=delay)
@@ -317,7 +323,10 @@ def _park(claimed: Claim, exc: ConnectorError, category: str, code: str, finance
             error_code=code,
             finance_message=finance_message,
             technical_detail=detail,
+            error_params=dict(getattr(exc, "params", {}) or {}),
         ):
             audit.record("posting.parked", posting, after={"code": code}, reason=finance_message)
+            posting.refresh_from_db()
+            signals.needs_attention.send(sender=Posting, posting=posting)
     log.info("parked", extra={"posting_id": posting.pk, "outcome": code, "category": category})
     return PostingState.PARKED

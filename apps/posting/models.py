@@ -80,6 +80,9 @@ class Posting(models.Model):
     error_code = models.CharField(max_length=64, blank=True)
     finance_message = models.TextField(blank=True)
     technical_detail = models.TextField(blank=True)
+    error_params = models.JSONField(
+        default=dict, blank=True, help_text="Named facts of the error (an account code...) for the message catalogue."
+    )
 
     correlation_id = models.CharField(max_length=100, blank=True, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)

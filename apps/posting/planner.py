@@ -9,7 +9,7 @@ from django.db import transaction
 
 from apps.core import audit
 from apps.ledger.models import Customer, Invoice, Payment, PaymentApplication
-from apps.posting import dispatch
+from apps.posting import dispatch, signals
 from apps.posting.models import ErrorCategory, Operation, Posting, PostingState, idempotency_key
 from apps.routing.models import ERPConnection
 from apps.routing.services import route
@@ -56,6 +56,7 @@ def _plan(
             dispatch.enqueue_on_commit(posting)
         else:
             audit.record("posting.parked", posting, after={"code": posting.error_code}, reason=posting.finance_message)
+            signals.needs_attention.send(sender=Posting, posting=posting)
     return posting
 
 

@@ -12,7 +12,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.core import audit
-from apps.posting import dispatch
+from apps.posting import dispatch, signals
 from apps.posting.executor import release_waiting
 from apps.posting.models import EXCEPTION_STATES, Posting, PostingAttempt, PostingState
 
@@ -54,6 +54,74 @@ def retry_posting(posting_id: int, *, actor: str, reason: str = "") -> Posting:
             "posting.retried", posting, actor=actor, reason=reason, before=before, after=_state_snapshot(posting)
         )
         dispatch.enqueue_on_commit(posting)
+    return posting
+
+
+def _require_reason(reason: str, action: str) -> str:
+    reason = (reason or "").strip()
+    if not reason:
+        raise ActionRefused(f"A reason is required to {action}.")
+    return reason
+
+
+def _exception_posting(posting_id: int, action: str) -> Posting:
+    posting = Posting.objects.select_for_update().get(pk=posting_id)
+    if posting.state not in EXCEPTION_STATES:
+        raise ActionRefused(
+            f"Posting {posting.pk} is {posting.get_state_display().lower()}; "
+            f"only parked or dead postings can be {action}."
+        )
+    return posting
+
+
+def skip_posting(posting_id: int, *, actor: str, reason: str) -> Posting:
+    """Decide that this document will not be posted by the hub. Postings waiting on it (a
+    payment waiting for a skipped invoice) are skipped with it: they could never post."""
+    reason = _require_reason(reason, "skip a posting")
+    with transaction.atomic():
+        posting = _exception_posting(posting_id, "skipped")
+        skipped = [posting]
+        children = list(
+            Posting.objects.select_for_update().filter(
+                depends_on_key=posting.idempotency_key, state=PostingState.WAITING
+            )
+        )
+        for target in skipped + children:
+            before = _state_snapshot(target)
+            target.state = PostingState.SKIPPED
+            target.save(update_fields=["state", "updated_at"])
+            audit.record(
+                "posting.skipped", target, actor=actor, reason=reason, before=before, after=_state_snapshot(target)
+            )
+            signals.settled.send(sender=Posting, posting=target, actor=actor)
+    return posting
+
+
+def link_posting(posting_id: int, *, erp_id: str, erp_number: str = "", actor: str, reason: str) -> Posting:
+    """The document already exists in the ERP (entered by hand): record its id instead of posting
+    a duplicate. Postings waiting on it are released."""
+    reason = _require_reason(reason, "link a posting to an ERP document")
+    erp_id = (erp_id or "").strip()
+    if not erp_id:
+        raise ActionRefused("Give the id of the document that already exists in the ERP.")
+    with transaction.atomic():
+        posting = _exception_posting(posting_id, "linked")
+        before = {**_state_snapshot(posting), "erp_id": posting.erp_id}
+        posting.state = PostingState.POSTED
+        posting.erp_id = erp_id
+        posting.erp_number = (erp_number or "").strip()
+        posting.posted_at = timezone.now()
+        posting.save(update_fields=["state", "erp_id", "erp_number", "posted_at", "updated_at"])
+        audit.record(
+            "posting.linked",
+            posting,
+            actor=actor,
+            reason=reason,
+            before=before,
+            after={**_state_snapshot(posting), "erp_id": erp_id, "erp_number": posting.erp_number},
+        )
+        release_waiting(posting.idempotency_key)
+        signals.settled.send(sender=Posting, posting=posting, actor=actor)
     return posting
 
 

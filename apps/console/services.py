@@ -1,0 +1,286 @@
+"""Exception cases: opened and resolved by the posting pipeline's signals, worked by people through
+the console. Every human action is audited with who, why, before and after; reposting goes
+through the posting pipeline, so its exactly-once guarantees hold for every action here."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from apps.console import catalogue
+from apps.console.models import CaseStatus, ExceptionCase
+from apps.core import audit
+from apps.ingest import services as ingest
+from apps.ingest.models import InboxEvent
+from apps.ledger.models import Customer, Invoice
+from apps.posting import services as posting_services
+from apps.posting.models import EXCEPTION_STATES, Posting
+from apps.routing.models import Mapping
+
+log = logging.getLogger(__name__)
+
+ActionRefused = posting_services.ActionRefused
+
+
+@dataclass(frozen=True)
+class Root:
+    kind: str
+    source: str
+    source_id: str
+    invoice: Invoice | None
+    customer: Customer | None
+
+
+def root_of(posting: Posting) -> Root:
+    """The document a person works on: an invoice for invoice and payment postings, else the customer."""
+    invoice = posting.invoice
+    if invoice is None and posting.payment_application_id:
+        invoice = posting.payment_application.invoice  # type: ignore[union-attr]
+    if invoice is not None:
+        return Root(ExceptionCase.ROOT_INVOICE, invoice.source, invoice.source_id, invoice, invoice.customer)
+    customer = posting.customer
+    if customer is not None:
+        return Root(ExceptionCase.ROOT_CUSTOMER, customer.source, customer.source_id, None, customer)
+    return Root(ExceptionCase.ROOT_INVOICE, posting.source, posting.source_id, None, None)
+
+
+def case_postings(case: ExceptionCase) -> QuerySet[Posting]:
+    """Every posting of the case's document on its connection, including those waiting on it."""
+    if case.root_kind == ExceptionCase.ROOT_INVOICE and case.invoice_id:
+        documents = Q(invoice_id=case.invoice_id) | Q(payment_application__invoice_id=case.invoice_id)
+    elif case.customer_id:
+        documents = Q(customer_id=case.customer_id)
+    else:
+        documents = Q(source=case.source, source_id=case.source_id)
+    direct = Posting.objects.filter(documents, connection_id=case.connection_id)
+    keys = list(direct.values_list("idempotency_key", flat=True))
+    return Posting.objects.filter(Q(pk__in=direct.values("pk")) | Q(depends_on_key__in=keys)).select_related(
+        "connection", "invoice__customer", "customer", "payment_application__payment"
+    )
+
+
+def open_or_update_case(posting: Posting) -> ExceptionCase:
+    """Called in the transaction that parked the posting or declared it dead."""
+    root = root_of(posting)
+    entry = catalogue.entry_for(posting)
+    values = {
+        "category": entry.category,
+        "kind": entry.kind,
+        "code": catalogue.catalogue_code(posting) or posting.error_code,
+        "message": catalogue.finance_message(posting),
+        "technical_detail": posting.technical_detail,
+        "owner_group": entry.owner_group,
+        "failing_posting": posting,
+        "last_failure_at": timezone.now(),
+    }
+    case = (
+        ExceptionCase.objects.select_for_update()
+        .filter(
+            connection=posting.connection,
+            root_kind=root.kind,
+            source=root.source,
+            source_id=root.source_id,
+            status=CaseStatus.OPEN,
+        )
+        .first()
+    )
+    if case is not None:
+        for field, value in values.items():
+            setattr(case, field, value)
+        case.save()
+        audit.record("case.updated", case, after={"code": case.code, "posting": posting.pk})
+        return case
+    legal_entity = root.invoice.legal_entity if root.invoice else root.customer.legal_entity if root.customer else None
+    case = ExceptionCase.objects.create(
+        connection=posting.connection,
+        root_kind=root.kind,
+        source=root.source,
+        source_id=root.source_id,
+        invoice=root.invoice,
+        customer=root.customer,
+        legal_entity=legal_entity,
+        correlation_id=posting.correlation_id,
+        **values,
+    )
+    audit.record("case.opened", case, after={"code": case.code, "kind": case.kind, "posting": posting.pk})
+    from apps.console import notifications
+
+    transaction.on_commit(lambda: notifications.case_opened(case.pk))
+    return case
+
+
+def resolve_if_settled(posting: Posting, actor: str) -> ExceptionCase | None:
+    root = root_of(posting)
+    case = (
+        ExceptionCase.objects.select_for_update()
+        .filter(
+            connection_id=posting.connection_id,
+            root_kind=root.kind,
+            source=root.source,
+            source_id=root.source_id,
+            status=CaseStatus.OPEN,
+        )
+        .first()
+    )
+    if case is None or case_postings(case).filter(state__in=EXCEPTION_STATES).exists():
+        return case
+    case.status = CaseStatus.RESOLVED
+    case.resolved_at = timezone.now()
+    case.resolved_by = actor
+    case.resolution = f"{posting.get_operation_display()} {posting.get_state_display().lower()}"
+    if posting.erp_number or posting.erp_id:
+        case.resolution += f" (ERP {posting.erp_number or posting.erp_id})"
+    case.save(update_fields=["status", "resolved_at", "resolved_by", "resolution"])
+    audit.record("case.resolved", case, actor=actor, after={"resolution": case.resolution})
+    return case
+
+
+def _open_case(case_id: int) -> ExceptionCase:
+    case = ExceptionCase.objects.select_for_update().get(pk=case_id)
+    if case.status != CaseStatus.OPEN:
+        raise ActionRefused(f"Case {case.pk} is already resolved ({case.resolution}).")
+    return case
+
+
+def _failing(case: ExceptionCase) -> list[Posting]:
+    return list(case_postings(case).filter(state__in=EXCEPTION_STATES).order_by("pk"))
+
+
+def _require_reason(reason: str, action: str) -> str:
+    reason = (reason or "").strip()
+    if not reason:
+        raise ActionRefused(f"A reason is required to {action}.")
+    return reason
+
+
+def retry_case(case_id: int, *, actor: str, reason: str = "retry from the console") -> int:
+    with transaction.atomic():
+        case = _open_case(case_id)
+        failing = _failing(case)
+        if not failing:
+            raise ActionRefused(f"Case {case.pk} has no parked or dead posting to retry.")
+        for posting in failing:
+            posting_services.retry_posting(posting.pk, actor=actor, reason=reason)
+        audit.record("case.retried", case, actor=actor, reason=reason, after={"postings": [p.pk for p in failing]})
+    return len(failing)
+
+
+def replay_case(case_id: int, *, actor: str, reason: str = "replay from the console") -> int:
+    """Normalize the document's stored raw events again, then repost what failed. Replaying changes
+    nothing that normalization already holds; a changed document gets a new revision."""
+    with transaction.atomic():
+        case = _open_case(case_id)
+        ids = {case.source_id}
+        if case.invoice_id:
+            ids.add(case.invoice.customer.source_id)  # type: ignore[union-attr]
+        events = list(InboxEvent.objects.filter(source=case.source, object_id__in=ids).order_by("received_at"))
+        for event in events:
+            ingest.replay_event(event.pk, actor=actor, reason=reason)
+        audit.record("case.replayed", case, actor=actor, reason=reason, after={"inbox_events": [e.pk for e in events]})
+        failing = _failing(case)
+        for posting in failing:
+            posting_services.retry_posting(posting.pk, actor=actor, reason=reason)
+    return len(events)
+
+
+def correct_mapping_and_repost(case_id: int, *, kind: str, key: str, value: str, actor: str, reason: str) -> Mapping:
+    """Fix the mapping at fault (with a reason, audited before/after) and repost the case."""
+    reason = _require_reason(reason, "correct a mapping")
+    if kind not in dict(Mapping.KIND_CHOICES):
+        raise ActionRefused(f"'{kind}' is not a mapping kind.")
+    key, value = (key or "").strip() or "default", (value or "").strip()
+    if not value:
+        raise ActionRefused("Give the ERP value the mapping should point to.")
+    with transaction.atomic():
+        case = _open_case(case_id)
+        mapping = Mapping.objects.select_for_update().filter(connection=case.connection, kind=kind, key=key).first()
+        before = {"kind": kind, "key": key, "value": mapping.value} if mapping else None
+        if mapping is None:
+            mapping = Mapping.objects.create(connection=case.connection, kind=kind, key=key, value=value)
+        else:
+            mapping.value = value
+            mapping.save(update_fields=["value"])
+        audit.record(
+            "mapping.corrected",
+            mapping,
+            actor=actor,
+            reason=reason,
+            before=before,
+            after={"kind": kind, "key": key, "value": value, "case": case.pk},
+            correlation_id=case.correlation_id,
+        )
+        failing = _failing(case)
+        for posting in failing:
+            posting_services.retry_posting(posting.pk, actor=actor, reason=f"mapping corrected: {reason}")
+        audit.record("case.corrected", case, actor=actor, reason=reason, after={"mapping": mapping.pk})
+    return mapping
+
+
+def link_case(case_id: int, *, erp_id: str, erp_number: str = "", actor: str, reason: str) -> Posting:
+    with transaction.atomic():
+        case = _open_case(case_id)
+        failing = _failing(case)
+        if len(failing) != 1:
+            raise ActionRefused(
+                f"Case {case.pk} has {len(failing)} failing postings; link the document from the posting itself."
+            )
+        return posting_services.link_posting(
+            failing[0].pk, erp_id=erp_id, erp_number=erp_number, actor=actor, reason=reason
+        )
+
+
+def skip_case(case_id: int, *, actor: str, reason: str) -> int:
+    reason = _require_reason(reason, "skip a case")
+    with transaction.atomic():
+        case = _open_case(case_id)
+        failing = _failing(case)
+        for posting in failing:
+            posting_services.skip_posting(posting.pk, actor=actor, reason=reason)
+    return len(failing)
+
+
+def assign_case(case_id: int, *, owner: AbstractBaseUser | None, actor: str, reason: str = "") -> ExceptionCase:
+    with transaction.atomic():
+        case = _open_case(case_id)
+        before = {"owner": case.owner.get_username() if case.owner else None}
+        case.owner = owner  # type: ignore[assignment]
+        case.save(update_fields=["owner"])
+        audit.record(
+            "case.assigned",
+            case,
+            actor=actor,
+            reason=reason,
+            before=before,
+            after={"owner": owner.get_username() if owner else None},
+        )
+    return case
+
+
+def assignable_users() -> QuerySet:
+    from apps.console.roles import ROLE_NAMES
+
+    return get_user_model().objects.filter(is_active=True, groups__name__in=ROLE_NAMES[:2]).distinct()
+
+
+def suggested_mapping(case: ExceptionCase) -> dict[str, str]:
+    """Prefill of the correction form: the mapping kind and key at fault, and its current value."""
+    entry = catalogue.CATALOGUE.get(case.code)
+    posting = case.failing_posting
+    params = (posting.error_params if posting else {}) or {}
+    kind = entry.mapping_kind if entry else ""
+    keys = [k.strip() for k in str(params.get("keys", "")).split(",") if k.strip()]
+    key = keys[0] if keys else "default"
+    if case.code in ("unmapped_revenue_account", "unknown_tax_code", "unknown_payment_journal") and posting:
+        current = Mapping.objects.filter(connection=case.connection, kind=kind, value=params.get("value", "")).first()
+        if current:
+            key = current.key
+    current_value = Mapping.objects.filter(connection=case.connection, kind=kind, key=key).values_list(
+        "value", flat=True
+    )
+    return {"kind": kind, "key": key, "value": current_value.first() or ""}
