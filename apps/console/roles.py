@@ -85,10 +85,14 @@ def sync_roles(apps: object, schema_editor: object = None) -> None:
     from django.contrib.auth.management import create_permissions
 
     get_model = apps.get_model  # type: ignore[attr-defined]
+    # Permissions are normally created after all migrations; the groups need them now.
     for app_config in apps.get_app_configs():  # type: ignore[attr-defined]
-        app_config.models_module = True
-        create_permissions(app_config, apps=apps, verbosity=0)
-        app_config.models_module = None
+        original = getattr(app_config, "models_module", None)
+        app_config.models_module = original or True
+        try:
+            create_permissions(app_config, apps=apps, verbosity=0)
+        finally:
+            app_config.models_module = original
     Group = get_model("auth", "Group")
     Permission = get_model("auth", "Permission")
     for role, names in ROLE_PERMISSIONS.items():
