@@ -4,6 +4,7 @@ canonical ledger → postings → the real Tryton, on the real PostgreSQL and Re
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
@@ -13,6 +14,8 @@ import requests
 from django.contrib.auth import get_user_model
 from django.test import Client
 
+from apps.console.models import CaseStatus, ExceptionCase
+from apps.console.services import case_postings
 from apps.core.models import AuditEvent
 from apps.ingest.models import InboxEvent
 from apps.ledger.models import Invoice
@@ -112,7 +115,9 @@ def test_paid_before_finalized_the_payment_waits_for_its_invoice_then_applies(cl
     obj = new_invoice()
     # Hold the invoice back (its revenue account is not in Tryton) to watch the payment wait.
     Mapping.objects.filter(kind="revenue_account", key="default").update(value="4999")
-    deliver(client, se.event("invoice.paid", se.paid(obj)))
+    now = int(time.time())
+    finalized = se.event("invoice.finalized", obj, created=now - 10)  # Stripe sent it first; it arrives last
+    deliver(client, se.event("invoice.paid", se.paid(obj), created=now))
     wait_for(
         lambda: Posting.objects.filter(source_id=obj["id"], state=PostingState.PARKED).exists(), what="parked invoice"
     )
@@ -124,7 +129,10 @@ def test_paid_before_finalized_the_payment_waits_for_its_invoice_then_applies(cl
         ).first(),
         what="the payment to wait",
     )
-    deliver(client, se.event("invoice.finalized", obj))  # the older event arrives last: changes nothing
+    # The parked invoice and the payment waiting on it are one case for finance.
+    [case] = ExceptionCase.objects.filter(source_id=obj["id"], status=CaseStatus.OPEN)
+    assert sorted(p.operation for p in case_postings(case)) == [Operation.APPLY_PAYMENT, Operation.POST_INVOICE]
+    deliver(client, finalized)  # the older event arrives last: changes nothing
     wait_for(lambda: InboxEvent.objects.filter(status="received").count() == 0, what="inbox drained")
     assert Invoice.objects.get(source_id=obj["id"]).status == Invoice.STATUS_PAID
 
@@ -133,6 +141,7 @@ def test_paid_before_finalized_the_payment_waits_for_its_invoice_then_applies(cl
 
     retry_posting(Posting.objects.get(source_id=obj["id"]).pk, actor="finance.ops", reason="mapping fixed")
     wait_posted(obj["id"])
+    wait_for(lambda: ExceptionCase.objects.get(pk=case.pk).status == CaseStatus.RESOLVED, what="the case to close")
     payment.refresh_from_db()
     assert payment.attempt_count == 1  # waiting burnt no attempts
     [invoice] = tryton.invoices(f"{SOURCE}:{obj['id']}")
