@@ -117,6 +117,9 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_out": str(_BROKER_DIR / "queue"),
         "processed_folder": str(_BROKER_DIR / "processed"),
         "store_processed": False,
+        # Exchange-to-queue bindings shared by every process; kombu's default is "control" relative
+        # to the working directory, so processes started elsewhere would not see each other.
+        "control_folder": str(_BROKER_DIR / "control"),
     }
 else:
     # A hard time limit well below the visibility timeout, so a task is never redelivered while
@@ -193,7 +196,7 @@ LOGGING = {
 }
 
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    for _folder in ("queue", "processed"):
+    for _folder in ("queue", "processed", "control"):
         (_BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
