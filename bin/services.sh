@@ -38,3 +38,13 @@ hub_redis() {
     echo "Redis did not start on 127.0.0.1:6379" >&2
     return 1
 }
+
+hub_chromium() {
+    # Headless Chromium and its WebDriver from Debian's packages, for the browser test.
+    if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then return 0; fi
+    echo "Chromium or chromedriver is missing: installing them from Debian's packages" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+        </dev/null >/dev/null
+    command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1
+}
