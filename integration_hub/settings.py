@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "apps.posting",
     "apps.ingest",
     "apps.console",
+    "apps.flow",
 ]
 
 MIDDLEWARE = [
@@ -110,6 +111,11 @@ STATIC_ROOT = VAR_DIR / "static"
 
 # --- Celery: at-least-once delivery -------------------------------------------------------------
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
+# Request budgets and concurrency slots per ERP connection are shared through Redis; without it
+# (the demo's filesystem broker) each process keeps its own.
+HUB_FLOW_REDIS_URL = os.environ.get(
+    "HUB_FLOW_REDIS_URL", CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else ""
+)
 _BROKER_DIR = VAR_DIR / "broker"
 if CELERY_BROKER_URL.startswith("filesystem://"):
     CELERY_BROKER_TRANSPORT_OPTIONS = {

@@ -13,6 +13,7 @@ reference before creating it where it has none (``dedupe_strategy`` says which).
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from apps.connectors.documents import (
@@ -34,6 +35,13 @@ class ERPConnector(abc.ABC):
     def __init__(self, settings: dict[str, Any]) -> None:
         """``settings`` is the connection's resolved configuration (secrets already read)."""
         self.settings = settings
+        # Set by the executor: called before every request to the ERP, it waits for (or refuses)
+        # a slot in the connection's request budget. Connectors call ``self.pace()``.
+        self.pacer: Callable[[], None] | None = None
+
+    def pace(self) -> None:
+        if self.pacer is not None:
+            self.pacer()
 
     @abc.abstractmethod
     def ensure_customer(self, doc: CustomerDocument) -> PostResult:

@@ -20,6 +20,7 @@ import datetime
 import itertools
 import logging
 import threading
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -108,6 +109,7 @@ class TrytonRPC:
         self._auth: str | None = None
         self._context: dict[str, Any] | None = None
         self._lock = threading.Lock()
+        self.before_send: Callable[[], None] | None = None  # the request budget
 
     @property
     def context(self) -> dict[str, Any]:
@@ -148,6 +150,8 @@ class TrytonRPC:
                 raise AuthenticationError(f"Tryton refused a fresh session for {method}") from exc
 
     def _send(self, method: str, params: list[Any], *, writes: bool) -> Any:
+        if self.before_send is not None:
+            self.before_send()
         headers = {"Content-Type": "application/json"}
         if self._auth and not method.startswith("common.db.login"):
             headers["Authorization"] = self._auth
@@ -281,6 +285,7 @@ class TrytonConnector(ERPConnector):
             str(settings["password"]),
             float(settings.get("timeout", 60)),
         )
+        self.rpc.before_send = self.pace
         self._ids: dict[tuple[str, str], int] = {}
 
     # -- lookups --------------------------------------------------------------------------

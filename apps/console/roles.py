@@ -27,6 +27,8 @@ VIEWABLE = [
     "routing.mapping",
     "sources.billingsource",
     "core.auditevent",
+    "flow.connectionflow",
+    "flow.maintenancewindow",
 ]
 CASE_ACTIONS = [
     "console.retry_case",
@@ -74,14 +76,20 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "sources.change_billingsource",
         "django_celery_beat.view_periodictask",
         "django_celery_beat.change_periodictask",
+        "flow.change_connectionflow",
+        "flow.add_maintenancewindow",
+        "flow.change_maintenancewindow",
+        "flow.delete_maintenancewindow",
     ],
     # Read-only everywhere, including the audit log.
     AUDITORS: [*_view(VIEWABLE), "django_celery_beat.view_periodictask", "auth.view_user", "auth.view_group"],
 }
 
 
-def sync_roles(apps: object, schema_editor: object = None) -> None:
-    """Create or update the groups. Usable from a migration (historical ``apps``) or at run time."""
+def sync_roles(apps: object, schema_editor: object = None, *, strict: bool = True) -> None:
+    """Create or update the groups. Usable from a migration (historical ``apps``, where models of
+    later migrations do not exist yet: ``strict=False`` skips them, post_migrate completes) or at
+    run time."""
     from django.contrib.auth.management import create_permissions
 
     get_model = apps.get_model  # type: ignore[attr-defined]
@@ -102,6 +110,8 @@ def sync_roles(apps: object, schema_editor: object = None) -> None:
             app_label, codename = name.split(".")
             permission = Permission.objects.filter(content_type__app_label=app_label, codename=codename).first()
             if permission is None:
-                raise LookupError(f"permission {name} does not exist")
+                if strict:
+                    raise LookupError(f"permission {name} does not exist")
+                continue
             permissions.append(permission)
         group.permissions.set(permissions)

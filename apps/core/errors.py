@@ -35,6 +35,11 @@ class TransientError(ConnectorError):
         self.retry_after = retry_after
 
 
+class Throttled(TransientError):
+    """The hub's own request budget for the ERP is spent: nothing was sent. Waits without using
+    an attempt."""
+
+
 class UncertainOutcome(ConnectorError):
     """The request may have reached the ERP (read timeout, connection reset after send, 5xx after
     send). Never retry blindly: look the document up by its external reference first."""

@@ -13,6 +13,7 @@ import os
 import random
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -26,13 +27,16 @@ from apps.connectors.registry import get_connector
 from apps.core import audit
 from apps.core.correlation import correlation_scope
 from apps.core.errors import (
+    AuthenticationError,
     BusinessRuleError,
     ConfigurationError,
     ConnectorError,
+    Throttled,
     TransientError,
     UncertainOutcome,
 )
 from apps.core.secrets import MissingSecret
+from apps.flow import services as flow
 from apps.posting import dispatch, signals
 from apps.posting.documents import customer_document, invoice_document, payment_document
 from apps.posting.models import (
@@ -43,8 +47,10 @@ from apps.posting.models import (
     PostingAttempt,
     PostingState,
 )
+from apps.routing.models import ERPConnection
 
 log = logging.getLogger(__name__)
+PACE_MAX_WAIT_SECONDS = 5.0
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -53,6 +59,7 @@ class Claim:
     posting: Posting
     attempt: PostingAttempt
     token: str
+    lease: str = ""  # the connection's concurrency slot this run holds
 
 
 def _hub(name: str) -> float:
@@ -88,6 +95,15 @@ def claim(posting_id: int) -> Claim | None:
     if parent_state(posting) not in (None, PostingState.POSTED):
         _wait_for_parent(posting)
         return None
+    hold = flow.admission(posting.connection, now)
+    if hold is not None:
+        _hold(posting, hold)
+        return None
+    slots = flow.slots(posting.connection)
+    lease = slots.try_acquire()
+    if lease is None:
+        _hold(posting, flow.busy_hold(posting.connection))
+        return None
 
     token = uuid.uuid4().hex
     with transaction.atomic():
@@ -99,6 +115,7 @@ def claim(posting_id: int) -> Claim | None:
             updated_at=now,
         )
         if not won:
+            slots.release(lease)
             log.info("another worker claimed the posting first", extra={"posting_id": posting_id})
             return None
         posting.refresh_from_db()
@@ -109,7 +126,26 @@ def claim(posting_id: int) -> Claim | None:
             worker=WORKER_NAME,
             correlation_id=posting.correlation_id,
         )
-    return Claim(posting, attempt, token)
+    return Claim(posting, attempt, token, lease)
+
+
+def _hold(posting: Posting, hold: flow.Hold) -> None:
+    """Wait for the connection (paused, maintenance, circuit open, no free slot) without an attempt."""
+    moved = Posting.objects.filter(pk=posting.pk, state__in=CLAIMABLE_STATES).update(
+        state=PostingState.RETRY_SCHEDULED,
+        retry_at=hold.until,
+        enqueued_at=None,
+        error_category=ErrorCategory.TECHNICAL,
+        error_code=hold.code,
+        technical_detail=hold.reason,
+        updated_at=timezone.now(),
+    )
+    if not moved:
+        return
+    delay = (hold.until - timezone.now()).total_seconds()
+    if delay <= _hub("MAX_COUNTDOWN_SECONDS"):
+        dispatch.send_execute(posting.pk, correlation_id=posting.correlation_id, countdown=max(delay, 0))
+    log.info("posting held", extra={"posting_id": posting.pk, "hold": hold.code, "until": hold.until.isoformat()})
 
 
 def _wait_for_parent(posting: Posting) -> None:
@@ -167,25 +203,52 @@ def execute_posting(posting_id: int) -> str:
     posting = Posting.objects.select_related(
         "connection", "customer", "invoice__customer", "payment_application__payment"
     ).get(pk=posting_id)
-    with correlation_scope(posting.correlation_id):
-        return _run(Claim(posting, claimed.attempt, claimed.token))
+    try:
+        with correlation_scope(posting.correlation_id):
+            return _run(Claim(posting, claimed.attempt, claimed.token, claimed.lease))
+    finally:
+        flow.slots(posting.connection).release(claimed.lease)
+
+
+def _pacer(connection: ERPConnection) -> Callable[[], None]:
+    """Called before every request to the ERP: take a slot in the connection's request budget."""
+    limiter = flow.window(connection)
+
+    def pace() -> None:
+        wait = limiter.acquire(max_wait=PACE_MAX_WAIT_SECONDS)
+        if wait:
+            raise Throttled(f"the request budget of {connection.name} is spent for {wait:.1f}s", retry_after=wait)
+
+    return pace
 
 
 def _run(claimed: Claim) -> str:
     posting = claimed.posting
+    connection = posting.connection
     try:
         connector = _connector_for(posting)
+        connector.pacer = _pacer(connection)
         if posting.verify_before_retry:
             found = connector.find_document(posting.operation, posting.external_ref)
             if found is not None:
+                flow.record_success(connection)
                 return _posted(claimed, found, PostingAttempt.Outcome.FOUND)
         result = _call(connector, posting)
+    except Throttled as exc:
+        return _retry(claimed, exc, PostingAttempt.Outcome.TRANSIENT, retry_after=exc.retry_after, free=True)
     except UncertainOutcome as exc:
+        flow.record_failure(connection, exc.technical_detail())
         return _retry(claimed, exc, PostingAttempt.Outcome.UNCERTAIN, verify=True)
     except TransientError as exc:
+        if exc.status != 429:  # throttling is the ERP working as designed, not failing
+            flow.record_failure(connection, exc.technical_detail())
         return _retry(claimed, exc, PostingAttempt.Outcome.TRANSIENT, retry_after=exc.retry_after)
     except BusinessRuleError as exc:
+        flow.record_success(connection)
         return _park(claimed, exc, ErrorCategory.BUSINESS, exc.code, exc.finance_message)
+    except AuthenticationError as exc:
+        flow.record_failure(connection, exc.technical_detail(), authentication=True)
+        return _held_by_circuit(claimed, exc)
     except ConfigurationError as exc:
         return _park(claimed, exc, ErrorCategory.TECHNICAL, exc.code, exc.finance_message)
     except LookupError as exc:
@@ -197,7 +260,32 @@ def _run(claimed: Claim) -> str:
         return _retry(
             claimed, ConnectorError(f"{type(exc).__name__}: {exc}"), PostingAttempt.Outcome.ERROR, verify=True
         )
+    flow.record_success(connection)
     return _posted(claimed, result, PostingAttempt.Outcome.POSTED)
+
+
+def _held_by_circuit(claimed: Claim, exc: ConnectorError) -> str:
+    """Credentials were refused: the circuit is open; this posting waits with the others instead
+    of being parked one by one, and the attempt it used does not count against its cap."""
+    posting = claimed.posting
+    hold = flow.admission(posting.connection) or flow.Hold(
+        flow.HOLD_CIRCUIT, exc.technical_detail(), timezone.now() + timedelta(seconds=60)
+    )
+    with transaction.atomic():
+        _finish_attempt(
+            claimed, PostingAttempt.Outcome.CONFIGURATION, code="authentication", detail=exc.technical_detail()
+        )
+        _transition(
+            claimed,
+            state=PostingState.RETRY_SCHEDULED,
+            retry_at=hold.until,
+            enqueued_at=None,
+            attempt_budget_start=posting.attempt_budget_start + 1,
+            error_category=ErrorCategory.TECHNICAL,
+            error_code=flow.HOLD_CIRCUIT,
+            technical_detail=f"{hold.reason}\n{exc.technical_detail()}",
+        )
+    return PostingState.RETRY_SCHEDULED
 
 
 def _finish_attempt(claimed: Claim, outcome: str, *, erp_id: str = "", code: str = "", detail: str = "") -> None:
@@ -258,13 +346,16 @@ def _retry(
     *,
     verify: bool = False,
     retry_after: float | None = None,
+    free: bool = False,
 ) -> str:
+    """``free``: nothing reached the ERP (the hub's own budget said wait); the attempt is not counted."""
     posting = claimed.posting
     detail = exc.technical_detail()
     max_attempts = int(_hub("POSTING_MAX_ATTEMPTS"))
+    budget_start = posting.attempt_budget_start + (1 if free else 0)
     with transaction.atomic():
-        _finish_attempt(claimed, outcome, code=outcome, detail=detail)
-        if posting.attempt_count - posting.attempt_budget_start >= max_attempts:
+        _finish_attempt(claimed, outcome, code="throttled" if free else outcome, detail=detail)
+        if posting.attempt_count - budget_start >= max_attempts:
             state = PostingState.DEAD
             moved = _transition(
                 claimed,
@@ -289,6 +380,7 @@ def _retry(
         moved = _transition(
             claimed,
             state=PostingState.RETRY_SCHEDULED,
+            attempt_budget_start=budget_start,
             retry_at=retry_at,
             verify_before_retry=verify or posting.verify_before_retry,
             error_category=ErrorCategory.TECHNICAL,

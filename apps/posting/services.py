@@ -131,6 +131,9 @@ def sweep_postings(now: timezone.datetime | None = None) -> dict[str, int]:
     now = now or timezone.now()
     hub = settings.HUB
     counts = {"requeued": 0, "recovered": 0, "released": 0}
+    from apps.flow.services import sweep_holds
+
+    counts["unheld"] = sweep_holds()  # maintenance windows that ended
 
     stale_enqueue = now - timedelta(seconds=hub["INBOX_STALE_SECONDS"])
     due = (

@@ -12,6 +12,8 @@ from django.test import Client
 
 from apps.console.models import CaseStatus, ExceptionCase
 from apps.core.models import AuditEvent
+from apps.flow.models import ConnectionFlow
+from apps.flow.services import flow_for
 from apps.posting.models import Operation, Posting, PostingState
 from apps.routing.models import ERPConnection, Mapping
 from apps.sources import stripe_samples as se
@@ -83,7 +85,9 @@ def test_replaying_a_dead_letter_twice_at_once_posts_it_once(
         connection = ERPConnection.objects.get(name="tryton-local")
         connection.settings = {**connection.settings, "url": proxy.url}
         connection.save()
-        # Tryton is unavailable for invoices long enough for the posting to spend its retries.
+        # Tryton is unavailable for invoices long enough for the posting to spend its retries (with
+        # the circuit breaker out of the way: it would hold the posting instead, see tests/flow).
+        ConnectionFlow.objects.filter(pk=flow_for(connection).pk).update(failure_threshold=1000)
         proxy.inject("model.account.invoice.create", times=1000, status=503)
         obj = new_invoice()
         deliver(client, se.event("invoice.finalized", obj))

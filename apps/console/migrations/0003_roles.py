@@ -4,7 +4,7 @@ from django.db import migrations
 def create_roles(apps, schema_editor):
     from apps.console.roles import sync_roles
 
-    sync_roles(apps, schema_editor)
+    sync_roles(apps, schema_editor, strict=False)
 
 
 class Migration(migrations.Migration):

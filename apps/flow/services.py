@@ -1,0 +1,241 @@
+"""Admission to an ERP connection: may a posting call it now, and if not, until when must it wait?
+
+A posting that may not call its ERP (paused, in a maintenance window, circuit open, no free slot)
+waits as RETRY_SCHEDULED with ``retry_at`` and a hold code, without using an attempt. When the
+hold ends (resume, window over, circuit closed) ``release_holds`` makes those postings due again,
+oldest first; children still wait for their parents as always.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from apps.core import audit
+from apps.flow.limiter import ConcurrencyLimiter, WindowLimiter
+from apps.flow.models import DEFAULT_BUDGETS, FALLBACK_BUDGET, CircuitState, ConnectionFlow, MaintenanceWindow
+from apps.routing.models import ERPConnection
+
+log = logging.getLogger(__name__)
+
+HOLD_PAUSED = "held_paused"
+HOLD_MAINTENANCE = "held_maintenance"
+HOLD_CIRCUIT = "held_circuit_open"
+HOLD_BUSY = "held_busy"
+HOLD_CODES = (HOLD_PAUSED, HOLD_MAINTENANCE, HOLD_CIRCUIT, HOLD_BUSY)
+PAUSED_RECHECK = timedelta(hours=1)  # a paused connection is released by resume; this is a safety net
+LEASE_SECONDS = 330  # longer than the task's hard time limit: a killed worker's slot comes back
+
+
+@dataclass(frozen=True)
+class Hold:
+    code: str
+    reason: str
+    until: datetime
+
+
+def flow_for(connection: ERPConnection) -> ConnectionFlow:
+    flow = ConnectionFlow.objects.filter(connection=connection).first()
+    if flow is None:
+        requests, period, concurrency = DEFAULT_BUDGETS.get(connection.kind, FALLBACK_BUDGET)
+        flow, _ = ConnectionFlow.objects.get_or_create(
+            connection=connection,
+            defaults={"max_requests": requests, "period_seconds": period, "max_concurrency": concurrency},
+        )
+    return flow
+
+
+def admission(connection: ERPConnection, now: datetime | None = None) -> Hold | None:
+    now = now or timezone.now()
+    flow = flow_for(connection)
+    if flow.paused:
+        return Hold(
+            HOLD_PAUSED,
+            f"Postings to {connection.name} are paused by {flow.paused_by or 'an operator'}: {flow.paused_reason}",
+            now + PAUSED_RECHECK,
+        )
+    window = MaintenanceWindow.objects.filter(connection=connection, starts_at__lte=now, ends_at__gt=now).first()
+    if window is not None:
+        return Hold(
+            HOLD_MAINTENANCE,
+            f"{connection.name} is in a maintenance window until {window.ends_at:%Y-%m-%d %H:%M} UTC: {window.reason}",
+            window.ends_at,
+        )
+    if flow.circuit_state == CircuitState.OPEN:
+        # When the probe is due, one caller wins it (compare-and-set); the others keep waiting.
+        if (
+            flow.next_probe_at
+            and flow.next_probe_at <= now
+            and ConnectionFlow.objects.filter(pk=flow.pk, circuit_state=CircuitState.OPEN).update(
+                circuit_state=CircuitState.HALF_OPEN, next_probe_at=now + timedelta(seconds=flow.probe_after_seconds)
+            )
+        ):
+            log.info("circuit half-open: probing", extra={"connection": connection.name})
+            return None
+        return Hold(HOLD_CIRCUIT, _circuit_words(connection, flow), flow.next_probe_at or now + timedelta(seconds=60))
+    if flow.circuit_state == CircuitState.HALF_OPEN:
+        if flow.next_probe_at and flow.next_probe_at <= now:
+            # The probe never reported back (its worker died): let another one try.
+            ConnectionFlow.objects.filter(pk=flow.pk, circuit_state=CircuitState.HALF_OPEN).update(
+                next_probe_at=now + timedelta(seconds=flow.probe_after_seconds)
+            )
+            return None
+        return Hold(HOLD_CIRCUIT, _circuit_words(connection, flow), flow.next_probe_at or now)
+    return None
+
+
+def _circuit_words(connection: ERPConnection, flow: ConnectionFlow) -> str:
+    return (
+        f"The hub stopped calling {connection.name} after repeated failures ({flow.circuit_reason}); "
+        f"it tries again at {flow.next_probe_at:%H:%M:%S} UTC."
+        if flow.next_probe_at
+        else f"The hub stopped calling {connection.name}: {flow.circuit_reason}"
+    )
+
+
+def busy_hold(connection: ERPConnection) -> Hold:
+    return Hold(
+        HOLD_BUSY,
+        f"All {flow_for(connection).max_concurrency} call slots of {connection.name} are in use.",
+        timezone.now() + timedelta(seconds=random.uniform(0.2, 1.5)),
+    )
+
+
+def slots(connection: ERPConnection) -> ConcurrencyLimiter:
+    return ConcurrencyLimiter(connection.name, flow_for(connection).max_concurrency, LEASE_SECONDS)
+
+
+def window(connection: ERPConnection) -> WindowLimiter:
+    flow = flow_for(connection)
+    return WindowLimiter(connection.name, flow.max_requests, flow.period_seconds)
+
+
+def record_success(connection: ERPConnection) -> None:
+    flow = flow_for(connection)
+    if flow.circuit_state == CircuitState.CLOSED and flow.consecutive_failures == 0:
+        return
+    with transaction.atomic():
+        was = flow.circuit_state
+        ConnectionFlow.objects.filter(pk=flow.pk).update(
+            circuit_state=CircuitState.CLOSED, consecutive_failures=0, next_probe_at=None, circuit_reason=""
+        )
+        if was != CircuitState.CLOSED:
+            audit.record("flow.circuit_closed", flow, reason=f"{connection.name} answered again")
+            release_holds(connection, (HOLD_CIRCUIT,))
+
+
+def record_failure(connection: ERPConnection, detail: str, *, authentication: bool = False) -> bool:
+    """Count a failure; open the circuit on a run of them, on any authentication failure, or when
+    the half-open probe fails. Returns True when the circuit is (now) open."""
+    flow = flow_for(connection)
+    now = timezone.now()
+    with transaction.atomic():
+        ConnectionFlow.objects.filter(pk=flow.pk).update(consecutive_failures=F("consecutive_failures") + 1)
+        flow.refresh_from_db()
+        should_open = (
+            authentication
+            or flow.circuit_state == CircuitState.HALF_OPEN
+            or flow.consecutive_failures >= flow.failure_threshold
+        )
+        if not should_open:
+            return False
+        if flow.circuit_state == CircuitState.OPEN:
+            return True
+        reason = ("authentication refused: " if authentication else f"{flow.consecutive_failures} failures: ") + detail[
+            :300
+        ]
+        ConnectionFlow.objects.filter(pk=flow.pk).update(
+            circuit_state=CircuitState.OPEN,
+            circuit_opened_at=now,
+            circuit_reason=reason,
+            next_probe_at=now + timedelta(seconds=flow.probe_after_seconds),
+        )
+        audit.record("flow.circuit_opened", flow, reason=reason)
+    log.warning("circuit opened", extra={"connection": connection.name, "reason": reason})
+    return True
+
+
+def pause(connection: ERPConnection, *, actor: str, reason: str) -> ConnectionFlow:
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValueError("A reason is required to pause a connection.")
+    flow = flow_for(connection)
+    with transaction.atomic():
+        ConnectionFlow.objects.filter(pk=flow.pk).update(
+            paused=True, paused_reason=reason, paused_by=actor, paused_at=timezone.now()
+        )
+        audit.record("flow.paused", flow, actor=actor, reason=reason)
+    flow.refresh_from_db()
+    return flow
+
+
+def resume(connection: ERPConnection, *, actor: str, reason: str = "") -> int:
+    flow = flow_for(connection)
+    with transaction.atomic():
+        ConnectionFlow.objects.filter(pk=flow.pk).update(paused=False, paused_reason="", paused_by="", paused_at=None)
+        audit.record("flow.resumed", flow, actor=actor, reason=reason)
+        return release_holds(connection, (HOLD_PAUSED,))
+
+
+def close_circuit(connection: ERPConnection, *, actor: str, reason: str) -> int:
+    """An engineer fixed the cause (new credentials): call the ERP again now."""
+    flow = flow_for(connection)
+    with transaction.atomic():
+        ConnectionFlow.objects.filter(pk=flow.pk).update(
+            circuit_state=CircuitState.CLOSED, consecutive_failures=0, next_probe_at=None, circuit_reason=""
+        )
+        audit.record("flow.circuit_closed", flow, actor=actor, reason=reason)
+        return release_holds(connection, (HOLD_CIRCUIT,))
+
+
+def _still_holding(connection: ERPConnection, now: datetime) -> set[str]:
+    flow = flow_for(connection)
+    holding = set()
+    if flow.paused:
+        holding.add(HOLD_PAUSED)
+    if MaintenanceWindow.objects.filter(connection=connection, starts_at__lte=now, ends_at__gt=now).exists():
+        holding.add(HOLD_MAINTENANCE)
+    if flow.circuit_state != CircuitState.CLOSED:
+        holding.add(HOLD_CIRCUIT)
+    return holding
+
+
+def release_holds(connection: ERPConnection, codes: tuple[str, ...] = HOLD_CODES) -> int:
+    """Make postings held for reasons that have ended due now, oldest first. Side-effect free on
+    the circuit: postings held by an open circuit become due at its probe time anyway."""
+    from apps.posting import dispatch
+    from apps.posting.models import Posting, PostingState
+
+    now = timezone.now()
+    if _still_holding(connection, now):
+        return 0  # whatever else holds the connection would hold them again at once
+    held = Posting.objects.filter(connection=connection, state=PostingState.RETRY_SCHEDULED, error_code__in=codes)
+    ids = list(held.order_by("created_at", "pk").values_list("pk", flat=True))
+    Posting.objects.filter(pk__in=ids).update(retry_at=now, enqueued_at=None)
+    for posting_id in ids[:500]:
+        transaction.on_commit(lambda pid=posting_id: dispatch.send_execute(pid))
+    if ids:
+        log.info("held postings released", extra={"connection": connection.name, "count": len(ids)})
+    return len(ids)
+
+
+def sweep_holds() -> int:
+    """Release holds whose cause ended without anyone saying so (a maintenance window's end)."""
+    from apps.posting.models import Posting, PostingState
+
+    released = 0
+    connection_ids = (
+        Posting.objects.filter(state=PostingState.RETRY_SCHEDULED, error_code__in=HOLD_CODES)
+        .values_list("connection_id", flat=True)
+        .distinct()
+    )
+    for connection in ERPConnection.objects.filter(pk__in=list(connection_ids)):
+        with transaction.atomic():
+            released += release_holds(connection, (HOLD_PAUSED, HOLD_MAINTENANCE))
+    return released
