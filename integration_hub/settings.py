@@ -113,6 +113,7 @@ STATIC_ROOT = VAR_DIR / "static"
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
 # Request budgets and concurrency slots per ERP connection are shared through Redis; without it
 # (the demo's filesystem broker) each process keeps its own.
+HUB_FLOW_NAMESPACE = os.environ.get("HUB_FLOW_NAMESPACE", "hub")
 HUB_FLOW_REDIS_URL = os.environ.get(
     "HUB_FLOW_REDIS_URL", CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else ""
 )

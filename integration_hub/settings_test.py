@@ -8,6 +8,7 @@ os.environ.setdefault("HUB_VAR_DIR", "/tmp/integration-hub-test-var")
 # One queue per test session (the worker subprocess inherits it), so two runs sharing one Redis
 # never take each other's tasks.
 os.environ.setdefault("HUB_TEST_QUEUE", f"hub-tests-{os.getpid()}")
+os.environ.setdefault("HUB_FLOW_NAMESPACE", os.environ["HUB_TEST_QUEUE"])
 # Quick retries so failure paths finish in seconds.
 os.environ.setdefault("HUB_BACKOFF_BASE", "0.5")
 os.environ.setdefault("HUB_BACKOFF_MAX", "5")

@@ -29,6 +29,9 @@ class FaultProxy:
         self.faults: list[Fault] = []
         self.calls: Counter[str] = Counter()
         self.injected: Counter[str] = Counter()
+        self.arrivals: list[float] = []  # monotonic arrival time of every request
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._lock = threading.Lock()
         proxy = self
 
@@ -37,6 +40,17 @@ class FaultProxy:
                 pass
 
             def do_POST(self) -> None:
+                with proxy._lock:
+                    proxy.arrivals.append(time.monotonic())
+                    proxy.in_flight += 1
+                    proxy.max_in_flight = max(proxy.max_in_flight, proxy.in_flight)
+                try:
+                    self._handle()
+                finally:
+                    with proxy._lock:
+                        proxy.in_flight -= 1
+
+            def _handle(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 try:
                     method = str(json.loads(body).get("method", ""))
@@ -84,6 +98,16 @@ class FaultProxy:
     ) -> None:
         with self._lock:
             self.faults.append(Fault(method, times, hold_seconds, status, retry_after))
+
+    def max_in_any_window(self, seconds: float) -> int:
+        """The most requests that arrived within any window of ``seconds``."""
+        times = sorted(self.arrivals)
+        best, start = 0, 0
+        for end, arrived in enumerate(times):
+            while arrived - times[start] >= seconds:
+                start += 1
+            best = max(best, end - start + 1)
+        return best
 
     def stop(self) -> None:
         self.server.shutdown()

@@ -55,6 +55,11 @@ _redis_client: Any = None
 _redis_lock = threading.Lock()
 
 
+def _namespace() -> str:
+    """Keeps two hubs (or two test runs) sharing one Redis from sharing budgets."""
+    return str(getattr(settings, "HUB_FLOW_NAMESPACE", "hub"))
+
+
 def redis_url() -> str:
     return str(getattr(settings, "HUB_FLOW_REDIS_URL", "") or "")
 
@@ -81,7 +86,7 @@ class _LocalState:
 
 class WindowLimiter:
     def __init__(self, name: str, limit: int, period_seconds: float) -> None:
-        self.key = f"hub:flow:window:{name}"
+        self.key = f"{_namespace()}:flow:window:{name}"
         self.limit = max(1, int(limit))
         # A small margin so requests that leave at the window's edge do not arrive inside it.
         self.period_us = int(period_seconds * 1_000_000) + 20_000
@@ -118,7 +123,7 @@ class WindowLimiter:
 
 class ConcurrencyLimiter:
     def __init__(self, name: str, capacity: int, lease_seconds: float) -> None:
-        self.key = f"hub:flow:slots:{name}"
+        self.key = f"{_namespace()}:flow:slots:{name}"
         self.capacity = max(1, int(capacity))
         self.lease_ms = int(lease_seconds * 1000)
         self._redis = redis_client()
