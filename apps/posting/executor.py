@@ -59,7 +59,6 @@ class Claim:
     posting: Posting
     attempt: PostingAttempt
     token: str
-    lease: str = ""  # the connection's concurrency slot this run holds
 
 
 def _hub(name: str) -> float:
@@ -99,11 +98,6 @@ def claim(posting_id: int) -> Claim | None:
     if hold is not None:
         _hold(posting, hold)
         return None
-    slots = flow.slots(posting.connection)
-    lease = slots.try_acquire()
-    if lease is None:
-        _hold(posting, flow.busy_hold(posting.connection))
-        return None
 
     token = uuid.uuid4().hex
     with transaction.atomic():
@@ -115,7 +109,6 @@ def claim(posting_id: int) -> Claim | None:
             updated_at=now,
         )
         if not won:
-            slots.release(lease)
             log.info("another worker claimed the posting first", extra={"posting_id": posting_id})
             return None
         posting.refresh_from_db()
@@ -126,7 +119,7 @@ def claim(posting_id: int) -> Claim | None:
             worker=WORKER_NAME,
             correlation_id=posting.correlation_id,
         )
-    return Claim(posting, attempt, token, lease)
+    return Claim(posting, attempt, token)
 
 
 def _hold(posting: Posting, hold: flow.Hold) -> None:
@@ -196,18 +189,35 @@ def _connector_for(posting: Posting) -> ERPConnector:
 
 
 def execute_posting(posting_id: int) -> str:
-    """Returns the state the posting ended in (or 'skipped' when there was nothing to do)."""
-    claimed = claim(posting_id)
-    if claimed is None:
+    """Returns the state the posting ended in (or 'skipped' when there was nothing to do).
+
+    The run holds one of its connection's concurrency slots from before the claim to the end, so
+    a slow ERP occupies at most its cap of worker processes; with no slot free the posting is
+    held for a moment and sent again, without using an attempt."""
+    row = Posting.objects.select_related("connection").filter(pk=posting_id).first()
+    if row is None:
+        log.warning("posting does not exist", extra={"posting_id": posting_id})
         return "skipped"
-    posting = Posting.objects.select_related(
-        "connection", "customer", "invoice__customer", "payment_application__payment"
-    ).get(pk=posting_id)
+    slots = flow.slots(row.connection)
+    lease = slots.try_acquire()
+    if lease is None:
+        due = row.state == PostingState.QUEUED or (
+            row.state == PostingState.RETRY_SCHEDULED and (row.retry_at is None or row.retry_at <= timezone.now())
+        )
+        if due:
+            _hold(row, flow.busy_hold(row.connection))
+        return "skipped"
     try:
+        claimed = claim(posting_id)
+        if claimed is None:
+            return "skipped"
+        posting = Posting.objects.select_related(
+            "connection", "customer", "invoice__customer", "payment_application__payment"
+        ).get(pk=posting_id)
         with correlation_scope(posting.correlation_id):
-            return _run(Claim(posting, claimed.attempt, claimed.token, claimed.lease))
+            return _run(Claim(posting, claimed.attempt, claimed.token))
     finally:
-        flow.slots(posting.connection).release(claimed.lease)
+        slots.release(lease)
 
 
 def _pacer(connection: ERPConnection) -> Callable[[], None]:
