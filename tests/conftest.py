@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -102,7 +103,7 @@ class WorkerProcess:
                 "-c",
                 "2",
                 "-Q",
-                os.environ["HUB_TEST_QUEUE"],
+                env.get("HUB_TEST_QUEUE") or os.environ["HUB_TEST_QUEUE"],
                 "-n",
                 f"hub-test-{os.getpid()}-{time.monotonic_ns()}@%h",
                 "--without-gossip",
@@ -113,6 +114,7 @@ class WorkerProcess:
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a test can kill it with its children
         )
         wait_for(
             lambda: "ready." in log_path.read_text() or self.process.poll() is not None,
@@ -121,6 +123,12 @@ class WorkerProcess:
         )
         if self.process.poll() is not None:
             raise RuntimeError(f"Celery worker exited:\n{log_path.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool children at once, as an OOM killer or a lost host would."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.log.close()
 
     def stop(self) -> None:
         self.process.terminate()

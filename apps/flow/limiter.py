@@ -10,6 +10,7 @@ Without Redis (the demo runs on a filesystem broker) the same classes work in on
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -17,6 +18,8 @@ from collections import deque
 from typing import Any
 
 from django.conf import settings
+
+log = logging.getLogger(__name__)
 
 _WINDOW = """
 local key = KEYS[1]
@@ -146,7 +149,10 @@ class ConcurrencyLimiter:
 
     def release(self, lease: str) -> None:
         if self._redis is not None:
-            self._redis.zrem(self.key, lease)
+            try:
+                self._redis.zrem(self.key, lease)
+            except Exception:  # noqa: BLE001 - Redis away: the lease expires by itself
+                log.warning("could not release a concurrency slot; it expires on its own", extra={"key": self.key})
             return
         with _LocalState.lock:
             _LocalState.slots.get(self.key, {}).pop(lease, None)
