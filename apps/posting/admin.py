@@ -60,7 +60,7 @@ def retry_selected(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset:
 
 
 class PostingAdminBase(admin.ModelAdmin):
-    list_select_related = ("connection",)
+    list_select_related = ("connection", "invoice", "customer", "payment_application")
     list_filter = ("state", "error_category", "operation", "connection", "source")
     search_fields = ("source_id", "correlation_id", "erp_id", "erp_number", "idempotency_key", "error_code")
     actions = [retry_selected]
