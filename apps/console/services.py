@@ -69,6 +69,20 @@ def case_postings(case: ExceptionCase) -> QuerySet[Posting]:
     ).select_related("connection", "invoice__customer", "customer", "payment_application__payment")
 
 
+def _locked_open_case(posting: Posting, root: Root) -> ExceptionCase | None:
+    return (
+        ExceptionCase.objects.select_for_update()
+        .filter(
+            connection_id=posting.connection_id,
+            root_kind=root.kind,
+            source=root.source,
+            source_id=root.source_id,
+            status=CaseStatus.OPEN,
+        )
+        .first()
+    )
+
+
 def open_or_update_case(posting: Posting) -> ExceptionCase:
     """Called in the transaction that parked the posting or declared it dead."""
     root = root_of(posting)
@@ -83,17 +97,7 @@ def open_or_update_case(posting: Posting) -> ExceptionCase:
         "failing_posting": posting,
         "last_failure_at": timezone.now(),
     }
-    case = (
-        ExceptionCase.objects.select_for_update()
-        .filter(
-            connection=posting.connection,
-            root_kind=root.kind,
-            source=root.source,
-            source_id=root.source_id,
-            status=CaseStatus.OPEN,
-        )
-        .first()
-    )
+    case = _locked_open_case(posting, root)
     if case is not None:
         for field, value in values.items():
             setattr(case, field, value)
@@ -120,18 +124,7 @@ def open_or_update_case(posting: Posting) -> ExceptionCase:
 
 
 def resolve_if_settled(posting: Posting, actor: str) -> ExceptionCase | None:
-    root = root_of(posting)
-    case = (
-        ExceptionCase.objects.select_for_update()
-        .filter(
-            connection_id=posting.connection_id,
-            root_kind=root.kind,
-            source=root.source,
-            source_id=root.source_id,
-            status=CaseStatus.OPEN,
-        )
-        .first()
-    )
+    case = _locked_open_case(posting, root_of(posting))
     if case is None or case_postings(case).filter(state__in=EXCEPTION_STATES).exists():
         return case
     case.status = CaseStatus.RESOLVED
