@@ -188,6 +188,12 @@ CATALOGUE: dict[str, Entry] = {
         "{erp} could not be reached for {document} for {customer} after {attempts} attempts. Check that the ERP "
         "is up, then retry.",
     ),
+    "cannot_verify": Entry(
+        T,
+        "Unconfirmed posting",
+        "{erp} may or may not hold {document} for {customer}: its last call got no answer and {erp} cannot be "
+        "searched by the hub's reference. Check {erp}: link the document if it is there, retry if it is not.",
+    ),
     "retries_exhausted": Entry(
         T,
         "Retries exhausted",

@@ -239,7 +239,18 @@ def _run(claimed: Claim) -> str:
         connector = _connector_for(posting)
         connector.pacer = _pacer(connection)
         if posting.verify_before_retry:
-            found = connector.find_document(posting.operation, posting.external_ref)
+            try:
+                found = connector.find_document(posting.operation, posting.external_ref)
+            except NotImplementedError:
+                # This ERP cannot be searched by our reference: a person checks, the hub never guesses.
+                return _park(
+                    claimed,
+                    ConnectorError(f"{connection.kind} cannot look up {posting.operation} by external reference"),
+                    ErrorCategory.TECHNICAL,
+                    "cannot_verify",
+                    "The ERP may or may not hold this document (its last call got no answer) and it cannot be "
+                    "searched by the hub's reference. Check the ERP: link the document if it is there, retry if not.",
+                )
             if found is not None:
                 flow.record_success(connection)
                 return _posted(claimed, found, PostingAttempt.Outcome.FOUND)
