@@ -13,6 +13,9 @@ os.environ.setdefault("HUB_FLOW_NAMESPACE", os.environ["HUB_TEST_QUEUE"])
 os.environ.setdefault("HUB_BACKOFF_BASE", "0.5")
 os.environ.setdefault("HUB_BACKOFF_MAX", "5")
 os.environ.setdefault("STRIPE_WEBHOOK_SECRET", "whsec_test_current_secret")
+# The test web processes are runserver, one thread per request: a persistent connection per
+# thread would pile up to PostgreSQL's max_connections under a burst.
+os.environ.setdefault("DATABASE_CONN_MAX_AGE", "0")
 
 from integration_hub.settings import *  # noqa: F403
 

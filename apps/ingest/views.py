@@ -34,6 +34,9 @@ def receive_webhook(request: HttpRequest, source_name: str) -> JsonResponse:
         source = services.active_source(source_name)
     except services.UnknownSource as exc:
         return _error(404, str(exc))
+    except DatabaseError:
+        log.exception("database unavailable; answering 503 so the sender retries", extra={"source": source_name})
+        return _error(503, "The event could not be stored; please retry.")
     headers = dict(request.headers.items())
     try:
         envelope = services.verify(source, body, headers)
