@@ -101,3 +101,11 @@ class MaintenanceWindowAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: MaintenanceWindow, form: forms.ModelForm, change: bool) -> None:
         obj.created_by = obj.created_by or request.user.get_username()
         super().save_model(request, obj, form, change)
+        services.window_planned(obj, actor=request.user.get_username())
+
+    def delete_model(self, request: HttpRequest, obj: MaintenanceWindow) -> None:
+        services.cancel_window(obj, actor=request.user.get_username(), reason="deleted in the admin")
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[MaintenanceWindow]) -> None:
+        for window in queryset.select_related("connection"):
+            self.delete_model(request, window)

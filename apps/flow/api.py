@@ -27,7 +27,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from apps.core import audit
 from apps.flow import services
 from apps.flow.models import CircuitState, MaintenanceWindow
 from apps.flow.serializers import ConnectionFlowSerializer, MaintenanceWindowSerializer, ReasonSerializer
@@ -220,16 +219,6 @@ class CloseCircuit(FlowAPIView):
         return Response({"released": released, "connection": one_state(connection)})
 
 
-def window_facts(window: MaintenanceWindow) -> dict[str, Any]:
-    return {
-        "connection": window.connection.name,
-        "starts_at": window.starts_at,
-        "ends_at": window.ends_at,
-        "reason": window.reason,
-        "created_by": window.created_by,
-    }
-
-
 class MaintenanceWindows(FlowAPIView):
     permissions = {"GET": VIEW_WINDOW, "POST": ADD_WINDOW}
 
@@ -256,13 +245,7 @@ class MaintenanceWindows(FlowAPIView):
         body.is_valid(raise_exception=True)
         with transaction.atomic():
             window = body.save(connection=connection, created_by=self.actor())
-            audit.record(
-                "flow.maintenance_window_created",
-                window,
-                actor=self.actor(),
-                reason=window.reason,
-                after=window_facts(window),
-            )
+            services.window_planned(window, actor=self.actor())
         return Response(
             MaintenanceWindowSerializer(window).data,
             status=status.HTTP_201_CREATED,
@@ -302,16 +285,7 @@ class MaintenanceWindowDetail(FlowAPIView):
         with transaction.atomic():
             window = self.window(pk, lock=True)  # two deletes at once: the second one finds nothing
             deleted = MaintenanceWindowSerializer(window).data
-            audit.record(
-                "flow.maintenance_window_deleted",
-                window,
-                actor=self.actor(),
-                reason=reason,
-                before=window_facts(window),
-            )
-            connection = window.connection
-            window.delete()
-            released = services.release_holds(connection, (services.HOLD_MAINTENANCE,))
+            released = services.cancel_window(window, actor=self.actor(), reason=reason)
         return Response({"released": released, "deleted": deleted})
 
 

@@ -194,6 +194,32 @@ def close_circuit(connection: ERPConnection, *, actor: str, reason: str) -> int:
         return release_holds(connection, (HOLD_CIRCUIT,))
 
 
+def window_facts(window: MaintenanceWindow) -> dict[str, object]:
+    return {
+        "connection": window.connection.name,
+        "starts_at": window.starts_at,
+        "ends_at": window.ends_at,
+        "reason": window.reason,
+        "created_by": window.created_by,
+    }
+
+
+def window_planned(window: MaintenanceWindow, *, actor: str) -> None:
+    """Audit a window just saved (from the admin or the API)."""
+    audit.record(
+        "flow.maintenance_window_created", window, actor=actor, reason=window.reason, after=window_facts(window)
+    )
+
+
+def cancel_window(window: MaintenanceWindow, *, actor: str, reason: str = "") -> int:
+    """Delete a window (cancelled, or ended early); the postings it held become due again."""
+    with transaction.atomic():
+        audit.record("flow.maintenance_window_deleted", window, actor=actor, reason=reason, before=window_facts(window))
+        connection = window.connection
+        window.delete()
+        return release_holds(connection, (HOLD_MAINTENANCE,))
+
+
 def _still_holding(connection: ERPConnection, now: datetime) -> set[str]:
     flow = flow_for(connection)
     holding = set()
