@@ -32,6 +32,7 @@ class FaultProxy:
         self.arrivals: list[float] = []  # monotonic arrival time of every request
         self.in_flight = 0
         self.max_in_flight = 0
+        self.down = False  # an outage: every request answered 503 without reaching the ERP
         self._lock = threading.Lock()
         proxy = self
 
@@ -57,6 +58,8 @@ class FaultProxy:
                 except ValueError:
                     method = ""
                 fault = proxy._take_fault(method)
+                if proxy.down:
+                    fault = Fault(method, 0, status=503)
                 if fault is not None and fault.status:
                     self.send_response(fault.status)
                     if fault.retry_after:
