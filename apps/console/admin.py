@@ -193,7 +193,7 @@ assign_cases = admin.action(description="Assign selected cases", permissions=["a
         "assigned",
     )
 )
-assign_cases.__name__ = "assign_cases"
+assign_cases.__name__ = "assign_cases"  # the admin knows an action by its function name
 skip_cases = admin.action(description="Skip selected cases (with a reason)", permissions=["skip"])(
     _form_action(
         "Skip cases: these documents will not be posted by the hub",
@@ -323,10 +323,6 @@ class ExceptionCaseAdmin(CasePermissions, admin.ModelAdmin):
             "show_save_and_continue": False,
         }
         return super().change_view(request, object_id, form_url, extra)
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        # The case itself is never edited; "change" lets a role open its page and act on it.
-        return super().has_change_permission(request, obj)
 
     def _case_action(
         self,
