@@ -15,6 +15,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from apps.core import audit, secrets
+from apps.core.broker import resend_patience
 from apps.core.correlation import correlation_scope, get_correlation_id
 from apps.ingest.models import InboxEvent, InboxStatus
 from apps.ledger import services as ledger
@@ -166,7 +167,7 @@ def replay_event(inbox_event_id: int, *, actor: str, reason: str) -> InboxEvent:
 def sweep_inbox(now: timezone.datetime | None = None) -> int:
     """Re-enqueue events stored but never normalized (the broker was down, a message was lost)."""
     now = now or timezone.now()
-    stale = now - timedelta(seconds=settings.HUB["INBOX_STALE_SECONDS"])
+    stale = now - timedelta(seconds=resend_patience(settings.HUB["INBOX_STALE_SECONDS"]))
     pending = (
         InboxEvent.objects.filter(status=InboxStatus.RECEIVED, received_at__lt=now - timedelta(seconds=5))
         .exclude(enqueued_at__gte=stale)

@@ -12,6 +12,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.core import audit
+from apps.core.broker import resend_patience
 from apps.posting import dispatch, signals
 from apps.posting.executor import release_waiting
 from apps.posting.models import EXCEPTION_STATES, Posting, PostingAttempt, PostingState
@@ -135,17 +136,13 @@ def sweep_postings(now: timezone.datetime | None = None) -> dict[str, int]:
 
     counts["unheld"] = sweep_holds()  # maintenance windows that ended
 
-    stale_enqueue = now - timedelta(seconds=hub["INBOX_STALE_SECONDS"])
+    patience = timedelta(seconds=resend_patience(hub["INBOX_STALE_SECONDS"]))
     due = (
         Posting.objects.filter(
             Q(state=PostingState.QUEUED, enqueued_at__isnull=True, created_at__lt=now - timedelta(seconds=5))
-            | Q(state=PostingState.QUEUED, enqueued_at__lt=stale_enqueue)
+            | Q(state=PostingState.QUEUED, enqueued_at__lt=now - patience)
             | Q(state=PostingState.RETRY_SCHEDULED, retry_at__lte=now, enqueued_at__isnull=True)
-            | Q(
-                state=PostingState.RETRY_SCHEDULED,
-                retry_at__lte=now - timedelta(seconds=30),
-                enqueued_at__lt=now - timedelta(seconds=30),
-            )
+            | Q(state=PostingState.RETRY_SCHEDULED, retry_at__lte=now - patience, enqueued_at__lt=now - patience)
         )
         .order_by("pk")
         .values_list("pk", "correlation_id")[:SWEEP_BATCH]

@@ -97,3 +97,27 @@ def test_celery_is_configured_for_at_least_once_delivery() -> None:
     assert conf.worker_prefetch_multiplier == 1
     assert conf.task_serializer == "json" and conf.accept_content == ["json"]
     assert conf.task_time_limit < conf.broker_transport_options["visibility_timeout"]
+
+
+def test_the_sweeper_does_not_resend_what_merely_waits_in_a_long_queue(planned: dict[str, Posting]) -> None:
+    import redis
+    from celery import current_app
+
+    customer = planned[Operation.ENSURE_CUSTOMER]
+    queue = f"sweep-test-{customer.pk}-{timezone.now().timestamp()}"
+    client = redis.Redis.from_url(current_app.conf.broker_url)
+    default_queue = current_app.conf.task_default_queue
+    # A queue no worker reads, for this test only (settings come in under Celery's CELERY_ namespace).
+    current_app.conf.CELERY_TASK_DEFAULT_QUEUE = queue
+    try:
+        client.rpush(queue, *[b"a message still waiting"] * 50)
+        # Sent two minutes ago, past the stale limit (60 s) but not past ten times it.
+        Posting.objects.filter(pk=customer.pk).update(enqueued_at=timezone.now() - timedelta(seconds=120))
+        assert services.sweep_postings()["requeued"] == 0  # behind 50 messages: waiting, not lost
+
+        client.delete(queue)
+        assert services.sweep_postings()["requeued"] >= 1  # the queue is empty and it is still queued: lost
+        assert Posting.objects.get(pk=customer.pk).enqueued_at > timezone.now() - timedelta(seconds=5)
+    finally:
+        current_app.conf.CELERY_TASK_DEFAULT_QUEUE = default_queue
+        client.delete(queue)
