@@ -37,6 +37,8 @@ class FaultProxy:
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
+            _counted = False
+
             def log_message(self, *args: object) -> None:
                 pass
 
@@ -45,11 +47,23 @@ class FaultProxy:
                     proxy.arrivals.append(time.monotonic())
                     proxy.in_flight += 1
                     proxy.max_in_flight = max(proxy.max_in_flight, proxy.in_flight)
+                self._counted = True
                 try:
                     self._handle()
                 finally:
+                    self._answered()
+
+            def _answered(self) -> None:
+                # Counted out before the answer is written: once the client has its answer it may
+                # send its next request before this thread gets to run again.
+                if self._counted:
+                    self._counted = False
                     with proxy._lock:
                         proxy.in_flight -= 1
+
+            def send_response(self, code: int, message: str | None = None) -> None:
+                self._answered()
+                super().send_response(code, message)
 
             def _handle(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
