@@ -45,6 +45,8 @@ from decimal import ROUND_HALF_UP, Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.fault_proxy import most_in_any_window
+
 VERSION = "8.2.1"
 COMPANY_ID = 1
 COMPANY_NAME = "Hub Demo Company"
@@ -631,13 +633,7 @@ class ErpSimulator:
     def max_in_any_window(self, seconds: float) -> int:
         """The most requests that arrived within any window of ``seconds``."""
         with self._lock:
-            times = sorted(self.arrivals)
-        best, start = 0, 0
-        for end, arrived in enumerate(times):
-            while arrived - times[start] >= seconds:
-                start += 1
-            best = max(best, end - start + 1)
-        return best
+            return most_in_any_window(self.arrivals, seconds)
 
     # -- seed data ----------------------------------------------------------------------------
 

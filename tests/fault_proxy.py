@@ -23,6 +23,17 @@ class Fault:
     retry_after: str = ""
 
 
+def most_in_any_window(arrivals: list[float], seconds: float) -> int:
+    """The most of ``arrivals`` (monotonic times) that fall within any window of ``seconds``."""
+    times = sorted(arrivals)
+    best, start = 0, 0
+    for end, arrived in enumerate(times):
+        while arrived - times[start] >= seconds:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
 class FaultProxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")
@@ -118,13 +129,8 @@ class FaultProxy:
 
     def max_in_any_window(self, seconds: float) -> int:
         """The most requests that arrived within any window of ``seconds``."""
-        times = sorted(self.arrivals)
-        best, start = 0, 0
-        for end, arrived in enumerate(times):
-            while arrived - times[start] >= seconds:
-                start += 1
-            best = max(best, end - start + 1)
-        return best
+        with self._lock:
+            return most_in_any_window(self.arrivals, seconds)
 
     def stop(self) -> None:
         self.server.shutdown()

@@ -24,7 +24,7 @@ from django.utils.timesince import timesince
 
 from apps.console import services, timeline
 from apps.console.models import CaseStatus, DeadLetter, ExceptionCase, PostingException
-from apps.posting.admin import PostingAdminBase, exception_states
+from apps.posting.admin import PostingAdminBase, exception_states, retry_postings
 from apps.posting.models import PostingState
 from apps.routing.models import Mapping
 
@@ -453,21 +453,7 @@ class ExceptionCaseAdmin(CasePermissions, admin.ModelAdmin):
 
 @admin.action(description="Retry selected postings now", permissions=["retry"])
 def retry_selected(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Any]) -> None:
-    from apps.posting import services as posting_services
-
-    retried, refused = 0, []
-    for posting_id in queryset.order_by("pk").values_list("pk", flat=True):
-        try:
-            posting_services.retry_posting(
-                posting_id, actor=request.user.get_username(), reason="retry from the console"
-            )
-            retried += 1
-        except posting_services.ActionRefused as exc:
-            refused.append(str(exc))
-    if retried:
-        modeladmin.message_user(request, f"{retried} posting(s) queued for retry.", messages.SUCCESS)
-    for reason in refused[:10]:
-        modeladmin.message_user(request, reason, messages.WARNING)
+    retry_postings(modeladmin, request, queryset)
 
 
 @admin.register(PostingException)

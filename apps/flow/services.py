@@ -99,20 +99,21 @@ def _circuit_words(connection: ERPConnection, flow: ConnectionFlow) -> str:
     )
 
 
-def busy_hold(connection: ERPConnection) -> Hold:
+def busy_hold(connection: ERPConnection, budget: ConnectionFlow | None = None) -> Hold:
     return Hold(
         HOLD_BUSY,
-        f"All {flow_for(connection).max_concurrency} call slots of {connection.name} are in use.",
+        f"All {(budget or flow_for(connection)).max_concurrency} call slots of {connection.name} are in use.",
         timezone.now() + timedelta(seconds=random.uniform(0.2, 1.5)),
     )
 
 
-def slots(connection: ERPConnection) -> ConcurrencyLimiter:
-    return ConcurrencyLimiter(connection.name, flow_for(connection).max_concurrency, LEASE_SECONDS)
+def slots(connection: ERPConnection, budget: ConnectionFlow | None = None) -> ConcurrencyLimiter:
+    """``budget``: the connection's flow row when the caller has just read it (saves a query)."""
+    return ConcurrencyLimiter(connection.name, (budget or flow_for(connection)).max_concurrency, LEASE_SECONDS)
 
 
-def window(connection: ERPConnection) -> WindowLimiter:
-    flow = flow_for(connection)
+def window(connection: ERPConnection, budget: ConnectionFlow | None = None) -> WindowLimiter:
+    flow = budget or flow_for(connection)
     return WindowLimiter(connection.name, flow.max_requests, flow.period_seconds)
 
 

@@ -44,8 +44,8 @@ def timeline_link(posting: Posting) -> str:
     return format_html('<a href="{}">{}</a>', url, posting.correlation_id)
 
 
-@admin.action(description="Retry selected parked or dead postings now", permissions=["change"])
-def retry_selected(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Posting]) -> None:
+def retry_postings(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Posting]) -> None:
+    """The body of every "retry selected postings" action; each admin guards it with its permission."""
     retried, refused = 0, []
     for posting in queryset.order_by("pk"):
         try:
@@ -57,6 +57,11 @@ def retry_selected(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset:
         modeladmin.message_user(request, f"{retried} posting(s) queued for retry.", messages.SUCCESS)
     for reason in refused[:10]:
         modeladmin.message_user(request, reason, messages.WARNING)
+
+
+@admin.action(description="Retry selected parked or dead postings now", permissions=["change"])
+def retry_selected(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Posting]) -> None:
+    retry_postings(modeladmin, request, queryset)
 
 
 class PostingAdminBase(admin.ModelAdmin):

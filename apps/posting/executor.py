@@ -37,6 +37,7 @@ from apps.core.errors import (
 )
 from apps.core.secrets import MissingSecret
 from apps.flow import services as flow
+from apps.flow.models import ConnectionFlow
 from apps.posting import dispatch, signals
 from apps.posting.documents import customer_document, invoice_document, payment_document
 from apps.posting.models import (
@@ -198,14 +199,15 @@ def execute_posting(posting_id: int) -> str:
     if row is None:
         log.warning("posting does not exist", extra={"posting_id": posting_id})
         return "skipped"
-    slots = flow.slots(row.connection)
+    budget = flow.flow_for(row.connection)  # read once for the whole run
+    slots = flow.slots(row.connection, budget)
     lease = slots.try_acquire()
     if lease is None:
         due = row.state == PostingState.QUEUED or (
             row.state == PostingState.RETRY_SCHEDULED and (row.retry_at is None or row.retry_at <= timezone.now())
         )
         if due:
-            _hold(row, flow.busy_hold(row.connection))
+            _hold(row, flow.busy_hold(row.connection, budget))
         return "skipped"
     try:
         claimed = claim(posting_id)
@@ -215,14 +217,14 @@ def execute_posting(posting_id: int) -> str:
             "connection", "customer", "invoice__customer", "payment_application__payment"
         ).get(pk=posting_id)
         with correlation_scope(posting.correlation_id):
-            return _run(Claim(posting, claimed.attempt, claimed.token))
+            return _run(Claim(posting, claimed.attempt, claimed.token), budget)
     finally:
         slots.release(lease)
 
 
-def _pacer(connection: ERPConnection) -> Callable[[], None]:
+def _pacer(connection: ERPConnection, budget: ConnectionFlow) -> Callable[[], None]:
     """Called before every request to the ERP: take a slot in the connection's request budget."""
-    limiter = flow.window(connection)
+    limiter = flow.window(connection, budget)
 
     def pace() -> None:
         wait = limiter.acquire(max_wait=PACE_MAX_WAIT_SECONDS)
@@ -232,12 +234,12 @@ def _pacer(connection: ERPConnection) -> Callable[[], None]:
     return pace
 
 
-def _run(claimed: Claim) -> str:
+def _run(claimed: Claim, budget: ConnectionFlow) -> str:
     posting = claimed.posting
     connection = posting.connection
     try:
         connector = _connector_for(posting)
-        connector.pacer = _pacer(connection)
+        connector.pacer = _pacer(connection, budget)
         if posting.verify_before_retry:
             try:
                 found = connector.find_document(posting.operation, posting.external_ref)
