@@ -1,4 +1,5 @@
 import os
+import time
 
 from celery import Celery
 
@@ -11,13 +12,18 @@ app.autodiscover_tasks()
 
 from celery.signals import before_task_publish, task_postrun, task_prerun  # noqa: E402
 
+from apps.core.broker import SENT_AT_HEADER  # noqa: E402
 from apps.core.correlation import get_correlation_id, new_correlation_id, set_correlation_id  # noqa: E402
 
 
 @before_task_publish.connect
 def _carry_correlation_id(headers: dict | None = None, **_: object) -> None:
-    if headers is not None and not headers.get("correlation_id"):
-        headers["correlation_id"] = get_correlation_id()
+    if headers is not None:
+        if not headers.get("correlation_id"):
+            headers["correlation_id"] = get_correlation_id()
+        # When the message was sent: the sweepers read it off the oldest waiting message to tell a
+        # message merely queued behind a backlog from one that was consumed and lost.
+        headers[SENT_AT_HEADER] = time.time()
 
 
 @task_prerun.connect

@@ -47,6 +47,8 @@ class ConnectionFlow(models.Model):
     circuit_opened_at = models.DateTimeField(null=True, blank=True)
     circuit_reason = models.TextField(blank=True)
     next_probe_at = models.DateTimeField(null=True, blank=True)
+    # The probe time a held posting has already been sent for: one message per probe, not one per hold.
+    probe_sent_for = models.DateTimeField(null=True, blank=True, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -29,6 +29,8 @@ HOLD_MAINTENANCE = "held_maintenance"
 HOLD_CIRCUIT = "held_circuit_open"
 HOLD_BUSY = "held_busy"
 HOLD_CODES = (HOLD_PAUSED, HOLD_MAINTENANCE, HOLD_CIRCUIT, HOLD_BUSY)
+# Holds that end for the whole connection at once: released by release_holds, never re-sent one by one.
+CONNECTION_HOLDS = (HOLD_PAUSED, HOLD_MAINTENANCE, HOLD_CIRCUIT)
 PAUSED_RECHECK = timedelta(hours=1)  # a paused connection is released by resume; this is a safety net
 LEASE_SECONDS = 330  # longer than the task's hard time limit: a killed worker's slot comes back
 
@@ -88,6 +90,15 @@ def admission(connection: ERPConnection, now: datetime | None = None) -> Hold | 
             return None
         return Hold(HOLD_CIRCUIT, _circuit_words(connection, flow), flow.next_probe_at or now)
     return None
+
+
+def claim_probe(connection: ERPConnection, probe_at: datetime) -> bool:
+    """True for the one caller that should send a held posting to be the probe at ``probe_at``."""
+    return bool(
+        ConnectionFlow.objects.filter(connection=connection)
+        .exclude(probe_sent_for=probe_at)
+        .update(probe_sent_for=probe_at)
+    )
 
 
 def _circuit_words(connection: ERPConnection, flow: ConnectionFlow) -> str:
@@ -234,8 +245,8 @@ def _still_holding(connection: ERPConnection, now: datetime) -> set[str]:
 
 
 def release_holds(connection: ERPConnection, codes: tuple[str, ...] = HOLD_CODES) -> int:
-    """Make postings held for reasons that have ended due now, oldest first. Side-effect free on
-    the circuit: postings held by an open circuit become due at its probe time anyway."""
+    """Make postings held for reasons that have ended due now, oldest first: the first batch is
+    sent at once, the sweeper sends the rest (their hold code is cleared, so it sees them)."""
     from apps.posting import dispatch
     from apps.posting.models import Posting, PostingState
 
@@ -244,7 +255,7 @@ def release_holds(connection: ERPConnection, codes: tuple[str, ...] = HOLD_CODES
         return 0  # whatever else holds the connection would hold them again at once
     held = Posting.objects.filter(connection=connection, state=PostingState.RETRY_SCHEDULED, error_code__in=codes)
     ids = list(held.order_by("created_at", "pk").values_list("pk", flat=True))
-    Posting.objects.filter(pk__in=ids).update(retry_at=now, enqueued_at=None)
+    Posting.objects.filter(pk__in=ids).update(retry_at=now, enqueued_at=None, error_code="", error_category="")
     for posting_id in ids[:500]:
         transaction.on_commit(lambda pid=posting_id: dispatch.send_execute(pid))
     if ids:
@@ -252,17 +263,32 @@ def release_holds(connection: ERPConnection, codes: tuple[str, ...] = HOLD_CODES
     return len(ids)
 
 
-def sweep_holds() -> int:
-    """Release holds whose cause ended without anyone saying so (a maintenance window's end)."""
+def sweep_holds(now: datetime | None = None) -> int:
+    """Release holds whose cause ended without anyone saying so (a maintenance window's end, a
+    circuit closed by a worker that died before releasing), and send each open circuit whose
+    probe is overdue the oldest posting it holds, as its probe."""
+    from apps.posting import dispatch
     from apps.posting.models import Posting, PostingState
 
+    now = now or timezone.now()
     released = 0
-    connection_ids = (
-        Posting.objects.filter(state=PostingState.RETRY_SCHEDULED, error_code__in=HOLD_CODES)
-        .values_list("connection_id", flat=True)
-        .distinct()
-    )
+    held = Posting.objects.filter(state=PostingState.RETRY_SCHEDULED, error_code__in=CONNECTION_HOLDS)
+    connection_ids = held.values_list("connection_id", flat=True).distinct()
     for connection in ERPConnection.objects.filter(pk__in=list(connection_ids)):
         with transaction.atomic():
-            released += release_holds(connection, (HOLD_PAUSED, HOLD_MAINTENANCE))
+            released += release_holds(connection, CONNECTION_HOLDS)
+        flow = flow_for(connection)
+        # The probe's own message was sent when the first posting was held; this is the backstop
+        # for one lost with a killed worker: overdue by a whole probe period.
+        overdue = now - timedelta(seconds=flow.probe_after_seconds)
+        probe_due = flow.next_probe_at is None or flow.next_probe_at <= overdue
+        if _still_holding(connection, now) == {HOLD_CIRCUIT} and probe_due:
+            probe = (
+                held.filter(connection=connection, error_code=HOLD_CIRCUIT)
+                .order_by("created_at", "pk")
+                .values_list("pk", "correlation_id")
+                .first()
+            )
+            if probe is not None:
+                dispatch.send_execute(probe[0], correlation_id=probe[1])
     return released

@@ -136,6 +136,15 @@ def _hold(posting: Posting, hold: flow.Hold) -> None:
     )
     if not moved:
         return
+    # A connection-level hold (paused, maintenance, circuit open) sends no message per posting: the
+    # service that ends it releases every held posting oldest first. An open circuit gets one
+    # message, at its probe time; the sweeper sends another if that one is lost. A countdown per
+    # held posting would flood the queue at every probe time.
+    if hold.code in flow.CONNECTION_HOLDS and not (
+        hold.code == flow.HOLD_CIRCUIT and flow.claim_probe(posting.connection, hold.until)
+    ):
+        log.info("posting held", extra={"posting_id": posting.pk, "hold": hold.code, "until": hold.until.isoformat()})
+        return
     delay = (hold.until - timezone.now()).total_seconds()
     if delay <= _hub("MAX_COUNTDOWN_SECONDS"):
         dispatch.send_execute(posting.pk, correlation_id=posting.correlation_id, countdown=max(delay, 0))
@@ -308,6 +317,9 @@ def _held_by_circuit(claimed: Claim, exc: ConnectorError) -> str:
             error_code=flow.HOLD_CIRCUIT,
             technical_detail=f"{hold.reason}\n{exc.technical_detail()}",
         )
+        if flow.claim_probe(posting.connection, hold.until):
+            delay = max((hold.until - timezone.now()).total_seconds(), 0)
+            dispatch.enqueue_on_commit(posting, countdown=min(delay, _hub("MAX_COUNTDOWN_SECONDS")))
     return PostingState.RETRY_SCHEDULED
 
 

@@ -49,15 +49,33 @@ def _plan(
             finance_message=message,
             technical_detail=detail,
         )
+    elif (
+        depends_on_key
+        and not Posting.objects.filter(idempotency_key=depends_on_key, state=PostingState.POSTED).exists()
+    ):
+        # Planned waiting: no message is sent for it until its parent is posted and releases it.
+        defaults["state"] = PostingState.WAITING
     posting, created = Posting.objects.get_or_create(idempotency_key=key, defaults=defaults)
     if created:
         audit.record("posting.planned", posting, after={"state": posting.state, "operation": operation})
         if posting.state == PostingState.QUEUED:
             dispatch.enqueue_on_commit(posting)
+        elif posting.state == PostingState.WAITING:
+            # The parent may be posted by another worker before this row is committed; its release
+            # would not have seen the row. Look again once committed (the sweeper is the backstop).
+            transaction.on_commit(lambda: _release_if_parent_posted(depends_on_key))
         else:
             audit.record("posting.parked", posting, after={"code": posting.error_code}, reason=posting.finance_message)
             signals.needs_attention.send(sender=Posting, posting=posting)
     return posting
+
+
+def _release_if_parent_posted(parent_key: str) -> None:
+    from apps.posting.executor import release_waiting
+
+    if Posting.objects.filter(idempotency_key=parent_key, state=PostingState.POSTED).exists():
+        with transaction.atomic():
+            release_waiting(parent_key)
 
 
 def plan_customer(customer: Customer, connection: ERPConnection) -> Posting:

@@ -132,7 +132,7 @@ def sweep_postings(now: timezone.datetime | None = None) -> dict[str, int]:
     now = now or timezone.now()
     hub = settings.HUB
     counts = {"requeued": 0, "recovered": 0, "released": 0}
-    from apps.flow.services import sweep_holds
+    from apps.flow.services import CONNECTION_HOLDS, sweep_holds
 
     counts["unheld"] = sweep_holds()  # maintenance windows that ended
 
@@ -144,6 +144,7 @@ def sweep_postings(now: timezone.datetime | None = None) -> dict[str, int]:
             | Q(state=PostingState.RETRY_SCHEDULED, retry_at__lte=now, enqueued_at__isnull=True)
             | Q(state=PostingState.RETRY_SCHEDULED, retry_at__lte=now - patience, enqueued_at__lt=now - patience)
         )
+        .exclude(state=PostingState.RETRY_SCHEDULED, error_code__in=CONNECTION_HOLDS)  # released by sweep_holds
         .order_by("pk")
         .values_list("pk", "correlation_id")[:SWEEP_BATCH]
     )

@@ -30,7 +30,9 @@ def test_invoice_finalized_creates_customer_invoice_and_plans_two_postings(clien
     postings = {p.operation: p for p in Posting.objects.filter(source_id__in=[obj["id"], obj["customer"]])}
     assert set(postings) == {Operation.ENSURE_CUSTOMER, Operation.POST_INVOICE}
     assert postings[Operation.POST_INVOICE].depends_on_key == postings[Operation.ENSURE_CUSTOMER].idempotency_key
-    assert postings[Operation.POST_INVOICE].state == PostingState.QUEUED
+    # The customer goes first; the invoice is planned waiting for it, with no message sent yet.
+    assert postings[Operation.ENSURE_CUSTOMER].state == PostingState.QUEUED
+    assert postings[Operation.POST_INVOICE].state == PostingState.WAITING
 
 
 def test_paid_before_finalized_ends_paid_with_one_payment_and_the_older_event_changes_nothing(client: Client) -> None:

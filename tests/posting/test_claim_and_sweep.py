@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.test import Client
@@ -42,6 +43,40 @@ def test_a_child_whose_parent_is_not_posted_waits_without_using_an_attempt(plann
     invoice.refresh_from_db()
     assert invoice.state == PostingState.WAITING and invoice.attempt_count == 0
     assert not invoice.attempts.exists()
+
+
+def test_a_child_is_sent_only_once_its_parent_is_posted(
+    client: Client, django_capture_on_commit_callbacks: Any
+) -> None:
+    customer_id = se.uid("cus")
+    first = se.event("invoice.finalized", se.invoice(customer_id, [se.line(1000)]))
+    deliver(client, first)
+    with django_capture_on_commit_callbacks(execute=True):
+        normalize_event(InboxEvent.objects.get(event_id=first["id"]).pk)
+    waiting = Posting.objects.get(operation=Operation.POST_INVOICE, source_id=first["data"]["object"]["id"])
+    assert waiting.state == PostingState.WAITING and waiting.enqueued_at is None  # no message for it yet
+
+    Posting.objects.filter(operation=Operation.ENSURE_CUSTOMER).update(state=PostingState.POSTED, erp_id="7")
+    second = se.event("invoice.finalized", se.invoice(customer_id, [se.line(2000)]))
+    deliver(client, second)
+    with django_capture_on_commit_callbacks(execute=True):
+        normalize_event(InboxEvent.objects.get(event_id=second["id"]).pk)
+    later = Posting.objects.get(operation=Operation.POST_INVOICE, source_id=second["data"]["object"]["id"])
+    assert later.state == PostingState.QUEUED and later.enqueued_at is not None
+
+
+def test_a_child_planned_while_its_parent_is_being_posted_is_not_left_waiting(
+    client: Client, django_capture_on_commit_callbacks: Any
+) -> None:
+    event = se.event("invoice.finalized", se.invoice(se.uid("cus"), [se.line(1000)]))
+    deliver(client, event)
+    with django_capture_on_commit_callbacks(execute=True):
+        normalize_event(InboxEvent.objects.get(event_id=event["id"]).pk)
+        # Another worker posts the customer before this transaction commits: its release of
+        # waiting children cannot see the invoice's row yet.
+        Posting.objects.filter(operation=Operation.ENSURE_CUSTOMER).update(state=PostingState.POSTED, erp_id="7")
+    invoice = Posting.objects.get(operation=Operation.POST_INVOICE, source_id=event["data"]["object"]["id"])
+    assert invoice.state == PostingState.QUEUED and invoice.enqueued_at is not None
 
 
 def test_posting_a_parent_releases_its_waiting_children(planned: dict[str, Posting]) -> None:
@@ -99,9 +134,15 @@ def test_celery_is_configured_for_at_least_once_delivery() -> None:
     assert conf.task_time_limit < conf.broker_transport_options["visibility_timeout"]
 
 
-def test_the_sweeper_does_not_resend_what_merely_waits_in_a_long_queue(planned: dict[str, Posting]) -> None:
+def test_the_sweeper_resends_only_what_the_queue_no_longer_holds(planned: dict[str, Posting]) -> None:
+    """The queue is first in, first out: a row sent after the oldest waiting message is still in
+    it, however long ago; a row sent well before it had its message taken, and is still not done."""
+    import json
+
     import redis
     from celery import current_app
+
+    from apps.core.broker import SENT_AT_HEADER
 
     customer = planned[Operation.ENSURE_CUSTOMER]
     queue = f"sweep-test-{customer.pk}-{timezone.now().timestamp()}"
@@ -110,14 +151,30 @@ def test_the_sweeper_does_not_resend_what_merely_waits_in_a_long_queue(planned: 
     # A queue no worker reads, for this test only (settings come in under Celery's CELERY_ namespace).
     current_app.conf.CELERY_TASK_DEFAULT_QUEUE = queue
     try:
+        for _ in range(50):
+            current_app.send_task("posting.execute", args=[0])
+        assert client.llen(queue) == 50
+        # The oldest waiting message was sent 30 minutes ago (a long backlog).
+        head = json.loads(client.lindex(queue, -1))
+        assert SENT_AT_HEADER in head["headers"]  # every message says when it was sent
+        head["headers"][SENT_AT_HEADER] = timezone.now().timestamp() - 1800
+        client.lset(queue, -1, json.dumps(head))
+
+        Posting.objects.filter(pk=customer.pk).update(enqueued_at=timezone.now() - timedelta(minutes=20))
+        assert services.sweep_postings()["requeued"] == 0  # sent after the head: still waiting in line
+
+        Posting.objects.filter(pk=customer.pk).update(enqueued_at=timezone.now() - timedelta(minutes=40))
+        assert services.sweep_postings()["requeued"] == 1  # sent before the head: its message was lost
+        assert Posting.objects.get(pk=customer.pk).enqueued_at > timezone.now() - timedelta(seconds=5)
+
+        # Messages without the stamp (sent by an older release): the plain rule, ten times the stale limit.
+        client.delete(queue)
         client.rpush(queue, *[b"a message still waiting"] * 50)
-        # Sent two minutes ago, past the stale limit (60 s) but not past ten times it.
         Posting.objects.filter(pk=customer.pk).update(enqueued_at=timezone.now() - timedelta(seconds=120))
-        assert services.sweep_postings()["requeued"] == 0  # behind 50 messages: waiting, not lost
+        assert services.sweep_postings()["requeued"] == 0
 
         client.delete(queue)
-        assert services.sweep_postings()["requeued"] >= 1  # the queue is empty and it is still queued: lost
-        assert Posting.objects.get(pk=customer.pk).enqueued_at > timezone.now() - timedelta(seconds=5)
+        assert services.sweep_postings()["requeued"] == 1  # the queue is empty and it is still queued: lost
     finally:
         current_app.conf.CELERY_TASK_DEFAULT_QUEUE = default_queue
         client.delete(queue)
