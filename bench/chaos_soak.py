@@ -30,7 +30,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0, help="events per second offered")
     parser.add_argument("--outage", type=float, default=300.0, help="seconds the ERP is down, mid-burst")
     parser.add_argument("--kill-every", type=float, default=30.0)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (each -c 2 prefork unless --pool)")
+    parser.add_argument("--pool", default="", help="Celery pool for the workers, e.g. solo (one task per process)")
     parser.add_argument("--seed", type=int, default=20261124)
     parser.add_argument("--database", default="hub_soak")
     args = parser.parse_args()
@@ -89,7 +90,7 @@ def main() -> None:
     plan = generator.build(args.seed, customers=max(20, invoices // 5), invoices=invoices, base_time=int(time.time()))
     workdir = Path(tempfile.mkdtemp(prefix="soak-"))
     fake_erp = SimpleNamespace(url=proxy.url, database="sim", password=sim.password)
-    run = Run(fake_erp, workdir, workers=args.workers)
+    run = Run(fake_erp, workdir, workers=args.workers, worker_args=["--pool", args.pool] if args.pool else [])
     stop_killing = threading.Event()
 
     def killer() -> None:

@@ -53,9 +53,12 @@ def flow_for(connection: ERPConnection) -> ConnectionFlow:
     return flow
 
 
-def admission(connection: ERPConnection, now: datetime | None = None) -> Hold | None:
+def admission(
+    connection: ERPConnection, now: datetime | None = None, budget: ConnectionFlow | None = None
+) -> Hold | None:
+    """Why the connection cannot be called now, or None. ``budget``: its flow row, if just read."""
     now = now or timezone.now()
-    flow = flow_for(connection)
+    flow = budget or flow_for(connection)
     if flow.paused:
         return Hold(
             HOLD_PAUSED,

@@ -79,10 +79,13 @@ def parent_state(posting: Posting) -> str | None:
     return Posting.objects.filter(idempotency_key=posting.depends_on_key).values_list("state", flat=True).first() or ""
 
 
-def claim(posting_id: int) -> Claim | None:
-    """Take the row if it is ours to run now; otherwise say why not and return None."""
+def claim(posting_id: int, row: Posting | None = None, budget: ConnectionFlow | None = None) -> Claim | None:
+    """Take the row if it is ours to run now; otherwise say why not and return None.
+
+    ``row`` and ``budget``: the posting and its connection's flow row when the caller has just
+    read them (saves reading them again)."""
     now = timezone.now()
-    posting = Posting.objects.filter(pk=posting_id).first()
+    posting = row if row is not None else Posting.objects.select_related("connection").filter(pk=posting_id).first()
     if posting is None:
         log.warning("posting does not exist", extra={"posting_id": posting_id})
         return None
@@ -95,24 +98,29 @@ def claim(posting_id: int) -> Claim | None:
     if parent_state(posting) not in (None, PostingState.POSTED):
         _wait_for_parent(posting)
         return None
-    hold = flow.admission(posting.connection, now)
+    hold = flow.admission(posting.connection, now, budget)
     if hold is not None:
         _hold(posting, hold)
         return None
 
     token = uuid.uuid4().hex
     with transaction.atomic():
+        taken = {
+            "state": PostingState.IN_FLIGHT,
+            "claim_token": token,
+            "claimed_at": now,
+            "attempt_count": posting.attempt_count + 1,
+            "updated_at": now,
+        }
+        # Compare-and-set on what we read: a row changed since (by anyone) is not ours to run.
         won = Posting.objects.filter(pk=posting_id, state=posting.state, attempt_count=posting.attempt_count).update(
-            state=PostingState.IN_FLIGHT,
-            claim_token=token,
-            claimed_at=now,
-            attempt_count=posting.attempt_count + 1,
-            updated_at=now,
+            **taken
         )
         if not won:
             log.info("another worker claimed the posting first", extra={"posting_id": posting_id})
             return None
-        posting.refresh_from_db()
+        for field, value in taken.items():
+            setattr(posting, field, value)
         # Written before the outside call: if this worker dies mid-call the trace stays.
         attempt = PostingAttempt.objects.create(
             posting=posting,
@@ -204,7 +212,11 @@ def execute_posting(posting_id: int) -> str:
     The run holds one of its connection's concurrency slots from before the claim to the end, so
     a slow ERP occupies at most its cap of worker processes; with no slot free the posting is
     held for a moment and sent again, without using an attempt."""
-    row = Posting.objects.select_related("connection").filter(pk=posting_id).first()
+    row = (
+        Posting.objects.select_related("connection", "customer", "invoice__customer", "payment_application__payment")
+        .filter(pk=posting_id)
+        .first()
+    )
     if row is None:
         log.warning("posting does not exist", extra={"posting_id": posting_id})
         return "skipped"
@@ -219,14 +231,11 @@ def execute_posting(posting_id: int) -> str:
             _hold(row, flow.busy_hold(row.connection, budget))
         return "skipped"
     try:
-        claimed = claim(posting_id)
+        claimed = claim(posting_id, row, budget)
         if claimed is None:
             return "skipped"
-        posting = Posting.objects.select_related(
-            "connection", "customer", "invoice__customer", "payment_application__payment"
-        ).get(pk=posting_id)
-        with correlation_scope(posting.correlation_id):
-            return _run(Claim(posting, claimed.attempt, claimed.token), budget)
+        with correlation_scope(row.correlation_id):
+            return _run(claimed, budget)
     finally:
         slots.release(lease)
 
@@ -341,26 +350,29 @@ def _transition(claimed: Claim, **fields: object) -> bool:
 
 def _posted(claimed: Claim, result: PostResult, outcome: str) -> str:
     posting = claimed.posting
+    now = timezone.now()
+    done = {
+        "state": PostingState.POSTED,
+        "erp_id": result.erp_id,
+        "erp_number": result.erp_number,
+        "posted_at": now,
+        "verify_before_retry": False,
+        "error_category": "",
+        "error_code": "",
+        "finance_message": "",
+        "technical_detail": "",
+        "error_params": {},
+        "updated_at": now,
+    }
     with transaction.atomic():
         _finish_attempt(claimed, outcome, erp_id=result.erp_id, detail=str(result.detail or ""))
-        if not _transition(
-            claimed,
-            state=PostingState.POSTED,
-            erp_id=result.erp_id,
-            erp_number=result.erp_number,
-            posted_at=timezone.now(),
-            verify_before_retry=False,
-            error_category="",
-            error_code="",
-            finance_message="",
-            technical_detail="",
-            error_params={},
-        ):
+        if not _transition(claimed, **done):
             log.warning("claim lost before recording the posting", extra={"posting_id": posting.pk})
             return "lost_claim"
+        for field, value in done.items():  # what the row now holds, without reading it back
+            setattr(posting, field, value)
         audit.record("posting.posted", posting, after={"erp_id": result.erp_id, "erp_number": result.erp_number})
         release_waiting(posting.idempotency_key)
-        posting.refresh_from_db()
         signals.settled.send(sender=Posting, posting=posting, actor=audit.SYSTEM)
     log.info(
         "posted",

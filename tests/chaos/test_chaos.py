@@ -52,7 +52,10 @@ def drained() -> bool:
 class Run:
     """Starts the hub's processes on a Redis of their own and takes them down afterwards."""
 
-    def __init__(self, hub: Any, tmp_path: Any, workers: int = 2, **env: str) -> None:
+    def __init__(
+        self, hub: Any, tmp_path: Any, workers: int = 2, worker_args: list[str] | None = None, **env: str
+    ) -> None:
+        self.worker_args = worker_args or []
         self.redis = RedisServer(tmp_path)
         queue = f"chaos-{os.getpid()}-{time.monotonic_ns()}"
         self.env = process_env(
@@ -87,7 +90,7 @@ class Run:
         return f"http://127.0.0.1:{self.port}/webhooks/{SOURCE}/"
 
     def start_worker(self, n: int) -> WorkerProcess:
-        return WorkerProcess(self.tmp_path / f"worker-{n}-{time.monotonic_ns()}.log", self.env)
+        return WorkerProcess(self.tmp_path / f"worker-{n}-{time.monotonic_ns()}.log", self.env, self.worker_args)
 
     def kill_a_worker(self) -> None:
         self.workers[0].kill()
