@@ -4,7 +4,6 @@ replaying the dead-letter queue twice at once still posts one invoice."""
 from __future__ import annotations
 
 import re
-
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
