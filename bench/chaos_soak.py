@@ -117,6 +117,36 @@ def main() -> None:
     harness.send = paced_send  # type: ignore[assignment]
     threading.Thread(target=killer, daemon=True).start()
     started = time.monotonic()
+    out = ROOT / "bench" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    progress_path = out / f"soak-progress-{args.seed}-{args.events}.jsonl"
+    progress_path.write_text("")
+    stop_progress = threading.Event()
+
+    def progress() -> None:
+        """One line a minute: how far ingest and posting are, for the drain curve in the report."""
+        from django.db import connection
+        from django.db.models import Count
+
+        while not stop_progress.wait(60):
+            states = dict(Posting.objects.values_list("state").annotate(n=Count("id")).values_list("state", "n"))
+            inbox = dict(InboxEvent.objects.values_list("status").annotate(n=Count("id")).values_list("status", "n"))
+            line = {
+                "seconds": round(time.monotonic() - started, 1),
+                "erp_down": proxy.down,
+                "workers_killed": run.killed,
+                "inbox": inbox,
+                "postings": states,
+                "erp_invoices": len(sim.invoices),
+            }
+            with progress_path.open("a") as handle:
+                handle.write(json.dumps(line) + "\n")
+        connection.close()
+
+    from apps.ingest.models import InboxEvent
+
+    progress_thread = threading.Thread(target=progress, daemon=True)
+    progress_thread.start()
     try:
         log = deliver_all(
             run.webhook_url,
@@ -135,6 +165,8 @@ def main() -> None:
         drained_at = time.monotonic()
     finally:
         stop_killing.set()
+        stop_progress.set()
+        progress_thread.join(timeout=120)
         run.stop()
     postings = Posting.objects.count()
     executions = PostingAttempt.objects.count()
@@ -162,8 +194,6 @@ def main() -> None:
         "drain seconds after faults stopped": round(drained_at - faults_stopped, 1),
         "total seconds": round(drained_at - started, 1),
     }
-    out = ROOT / "bench" / "out"
-    out.mkdir(parents=True, exist_ok=True)
     path = out / f"soak-{args.seed}-{plan.unique_events}.json"
     path.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
