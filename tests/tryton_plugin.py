@@ -138,6 +138,27 @@ class TrytonInspector:
             writes=False,
         )
 
+    def receivable(self, party_code: str) -> Decimal:
+        """What the customer owes in Tryton: the balance of its receivable lines."""
+        [party] = self._search_read("party.party", [["code", "=", party_code]], ["receivable"])
+        return Decimal(party["receivable"])
+
+    def account_balance(self, code: str) -> Decimal:
+        [account] = self._search_read("account.account", [["code", "=", code]], ["balance"])
+        return Decimal(account["balance"])
+
+    def credit_notes(self, party_code: str) -> list[dict[str, Any]]:
+        """Posted customer invoices with a negative total (Tryton's credit notes) of the party."""
+        return [
+            invoice
+            for invoice in self._search_read(
+                "account.invoice",
+                [["party.code", "=", party_code], ["type", "=", "out"], ["state", "in", ["posted", "paid"]]],
+                ["id", "number", "total_amount", "state"],
+            )
+            if Decimal(invoice["total_amount"]) < 0
+        ]
+
     def count(self, model: str, domain: list[Any]) -> int:
         return int(self.rpc.call(f"model.{model}.search_count", [domain], writes=False))
 

@@ -21,11 +21,18 @@ from apps.connectors.documents import (
     InvoiceDocument,
     PaymentDocument,
     PostResult,
+    VoidDocument,
+    WriteOffDocument,
 )
 
 OPERATION_ENSURE_CUSTOMER = "ensure_customer"
 OPERATION_POST_INVOICE = "post_invoice"
 OPERATION_APPLY_PAYMENT = "apply_payment"
+OPERATION_VOID_INVOICE = "void_invoice"
+OPERATION_WRITE_OFF = "write_off"
+# External references of the documents that act on an invoice: the invoice's own plus a suffix.
+VOID_SUFFIX = ":void"
+WRITE_OFF_SUFFIX = ":write-off"
 
 
 class ERPConnector(abc.ABC):
@@ -54,6 +61,16 @@ class ERPConnector(abc.ABC):
     @abc.abstractmethod
     def apply_payment(self, doc: PaymentDocument) -> PostResult:
         """Record the payment against the invoice; idempotent on ``doc.external_ref``."""
+
+    @abc.abstractmethod
+    def void_invoice(self, doc: VoidDocument) -> PostResult:
+        """Cancel the posted invoice as the ERP's rules allow; idempotent (a cancelled invoice is
+        returned as it is). Refuses, as a business error, an invoice that has payments."""
+
+    @abc.abstractmethod
+    def write_off(self, doc: WriteOffDocument) -> PostResult:
+        """Write off what is left of the invoice to the bad-debt account; idempotent on
+        ``doc.external_ref``. Refuses when the ERP's open amount is not billing's."""
 
     @abc.abstractmethod
     def find_document(self, operation: str, external_ref: str) -> PostResult | None:

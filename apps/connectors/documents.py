@@ -77,6 +77,36 @@ class PaymentDocument:
 
 
 @dataclass(frozen=True)
+class VoidDocument:
+    """Billing voided a finalized invoice: the ERP cancels it the way its rules allow for a posted
+    document (cancel, or a credit note that cancels it)."""
+
+    external_ref: str  # "<source>:<invoice source_id>:void"
+    invoice_ref: str
+    invoice_erp_id: str  # from the posted invoice posting
+    voided_on: date
+    number: str = ""  # the billing engine's invoice number, for people
+    correlation_id: str = ""
+
+
+@dataclass(frozen=True)
+class WriteOffDocument:
+    """Billing gave up on what is left of an invoice (bad debt): the ERP moves that amount from the
+    customer's receivable to the bad-debt account and closes the invoice."""
+
+    external_ref: str  # "<source>:<invoice source_id>:write-off"
+    invoice_ref: str
+    invoice_erp_id: str
+    currency: str
+    amount_minor: int  # what billing writes off: the invoice total less what was paid
+    written_off_on: date
+    write_off_method: str  # the ERP's write-off method / bad-debt account, from the mapping
+    number: str = ""
+    reason: str = ""
+    correlation_id: str = ""
+
+
+@dataclass(frozen=True)
 class PostResult:
     """What the ERP holds for a posted document: its id, a number people can search for, and
     whatever else is worth showing beside the posting."""

@@ -30,6 +30,9 @@ from apps.connectors.base import (
     OPERATION_APPLY_PAYMENT,
     OPERATION_ENSURE_CUSTOMER,
     OPERATION_POST_INVOICE,
+    OPERATION_VOID_INVOICE,
+    OPERATION_WRITE_OFF,
+    VOID_SUFFIX,
     ERPConnector,
 )
 from apps.connectors.documents import (
@@ -38,6 +41,8 @@ from apps.connectors.documents import (
     InvoiceDocument,
     PaymentDocument,
     PostResult,
+    VoidDocument,
+    WriteOffDocument,
 )
 from apps.core.errors import (
     AuthenticationError,
@@ -341,6 +346,15 @@ class TrytonConnector(ERPConnector):
         if operation == OPERATION_APPLY_PAYMENT:
             line = self._find_payment_line(external_ref)
             return PostResult(str(line["id"]), external_ref) if line else None
+        if operation == OPERATION_VOID_INVOICE:
+            invoice_ref = external_ref.removesuffix(VOID_SUFFIX)
+            for invoice in self._find_invoices(invoice_ref):
+                if invoice["state"] == "cancelled":
+                    return self._void_result(invoice)
+            return None
+        if operation == OPERATION_WRITE_OFF:
+            move = self._find_write_off_move(external_ref)
+            return PostResult(str(move["id"]), move.get("number") or "", {"action": "written off"}) if move else None
         raise ConfigurationError(f"the Tryton connector does not know the operation {operation!r}")
 
     def _find_payment_line(self, external_ref: str) -> dict[str, Any] | None:
@@ -577,6 +591,142 @@ class TrytonConnector(ERPConnector):
                 self.rpc.call(f"{wizard}.delete", [session_id], writes=False)
             except ConnectorError as exc:
                 log.warning("could not delete a Tryton wizard session: %s", exc, extra={"session": session_id})
+
+    # -- voids and write-offs -------------------------------------------------------------
+
+    def void_invoice(self, doc: VoidDocument) -> PostResult:
+        """Tryton's rule for a posted customer invoice: it may be cancelled outright only when the
+        company allows it (``cancel_invoice_out``); otherwise it is credited with refund, which
+        posts a credit note and cancels the invoice against it. Either way it ends 'cancelled'."""
+        invoice_id = int(doc.invoice_erp_id)
+        [invoice] = self._read(
+            "account.invoice", [invoice_id], ["id", "state", "number", "reference", "payment_lines", "company"]
+        )
+        if invoice["state"] == "cancelled":
+            return self._void_result(invoice)  # done before: a retry, or voided by hand
+        if invoice["state"] == "paid" or invoice["payment_lines"]:
+            raise BusinessRuleError(
+                "void_after_payment",
+                f"Billing voided invoice {doc.number or doc.invoice_ref}, but Tryton invoice {invoice['number']} "
+                "already has payments recorded, so it cannot be cancelled. Refund the payment in billing (or "
+                "remove the payment in Tryton), then retry.",
+                f"invoice {invoice_id} state {invoice['state']} payment_lines {invoice['payment_lines']}",
+                params={"erp_number": str(invoice["number"])},
+            )
+        if invoice["state"] != "posted":
+            self.rpc.call("model.account.invoice.cancel", [[invoice_id]], writes=True)  # a draft: nothing to undo
+        elif self._company_cancels_posted_invoices(int(invoice["company"])):
+            self.rpc.call("model.account.invoice.cancel", [[invoice_id]], writes=True)
+        else:
+            self._credit_with_refund(invoice_id, doc.voided_on)
+        [cancelled] = self._read("account.invoice", [invoice_id], ["id", "state", "number"])
+        if cancelled["state"] != "cancelled":
+            raise UncertainOutcome(f"Tryton invoice {invoice_id} is {cancelled['state']} after the void")
+        return self._void_result(cancelled)
+
+    def _company_cancels_posted_invoices(self, company_id: int) -> bool:
+        key = ("company.cancel_invoice_out", str(company_id))
+        if key not in self._ids:
+            [company] = self._read("company.company", [company_id], ["cancel_invoice_out"])
+            self._ids[key] = int(bool(company.get("cancel_invoice_out")))
+        return bool(self._ids[key])
+
+    def _credit_with_refund(self, invoice_id: int, on: datetime.date) -> None:
+        wizard = "wizard.account.invoice.credit"
+        session_id, _, _ = self.rpc.call(f"{wizard}.create", [], writes=False)
+        context = {**self.rpc.context, "active_model": "account.invoice", "active_id": invoice_id}
+        context["active_ids"] = [invoice_id]
+        try:
+            shown = self.rpc.call(
+                f"{wizard}.execute", [session_id, {}, "start", context], writes=False, with_context=False
+            )
+            start = {key: value for key, value in shown["view"]["defaults"].items() if "." not in key}
+            start.update(with_refund=True, invoice_date=on)
+            self.rpc.call(
+                f"{wizard}.execute", [session_id, {"start": start}, "credit", context], writes=True, with_context=False
+            )
+        finally:
+            try:
+                self.rpc.call(f"{wizard}.delete", [session_id], writes=False)
+            except ConnectorError as exc:
+                log.warning("could not delete a Tryton wizard session: %s", exc, extra={"session": session_id})
+
+    def _void_result(self, invoice: dict[str, Any]) -> PostResult:
+        return PostResult(str(invoice["id"]), invoice.get("number") or "", {"action": "cancelled"})
+
+    def write_off(self, doc: WriteOffDocument) -> PostResult:
+        """Reconcile what is open on the invoice (its receivable lines and any partial payments)
+        with a write-off move to the bad-debt account, described with our reference."""
+        existing = self._find_write_off_move(doc.external_ref)
+        if existing is not None:
+            return PostResult(str(existing["id"]), existing.get("number") or "", {"action": "already written off"})
+        invoice_id = int(doc.invoice_erp_id)
+        [invoice] = self._read(
+            "account.invoice", [invoice_id], ["state", "number", "amount_to_pay", "lines_to_pay", "payment_lines"]
+        )
+        expected = to_decimal(doc.amount_minor, doc.currency)
+        open_amount = invoice["amount_to_pay"]
+        if invoice["state"] != "posted" or open_amount != expected:
+            if invoice["state"] == "posted" and open_amount > expected:
+                # Billing counts a payment the ERP does not hold yet: its posting is on its way.
+                raise LookupError(
+                    f"Tryton invoice {invoice['number']} still has {open_amount} open, billing writes off "
+                    f"{expected}: waiting for a payment posting"
+                )
+            raise BusinessRuleError(
+                "write_off_amount_mismatch",
+                f"Billing writes off {expected} {doc.currency} of invoice {doc.number or doc.invoice_ref}, but "
+                f"Tryton invoice {invoice['number']} is {invoice['state']} with {open_amount} open. Check for a "
+                "payment or credit recorded by hand in Tryton, then retry or skip.",
+                f"invoice {invoice_id} state {invoice['state']} amount_to_pay {open_amount} != {expected}",
+                params={"erp_total": str(open_amount), "billing_total": str(expected)},
+            )
+        method_id = self._lookup_id(
+            "account.move.reconcile.write_off",
+            "name",
+            doc.write_off_method,
+            code="unknown_write_off_method",
+            message=f"The write-off method '{doc.write_off_method}' does not exist in Tryton. Fix the write-off "
+            "method mapping in the hub (or create the method in Tryton), then retry.",
+        )
+        candidates = [*invoice["lines_to_pay"], *invoice["payment_lines"]]
+        lines = [
+            int(row["id"])
+            for row in self._read("account.move.line", candidates, ["id", "reconciliation"])
+            if not row.get("reconciliation")
+        ]
+        wizard = "wizard.account.move.reconcile_lines"
+        session_id, _, _ = self.rpc.call(f"{wizard}.create", [], writes=False)
+        context = {**self.rpc.context, "active_model": "account.move.line", "active_id": lines[0]}
+        context["active_ids"] = lines
+        try:
+            shown = self.rpc.call(
+                f"{wizard}.execute", [session_id, {}, "start", context], writes=False, with_context=False
+            )
+            defaults = (shown.get("view") or {}).get("defaults") or {}
+            writeoff = {key: value for key, value in defaults.items() if "." not in key}
+            writeoff.update(writeoff=method_id, date=doc.written_off_on, description=doc.external_ref)
+            self.rpc.call(
+                f"{wizard}.execute",
+                [session_id, {"writeoff": writeoff}, "reconcile", context],
+                writes=True,
+                with_context=False,
+            )
+        finally:
+            try:
+                self.rpc.call(f"{wizard}.delete", [session_id], writes=False)
+            except ConnectorError as exc:
+                log.warning("could not delete a Tryton wizard session: %s", exc, extra={"session": session_id})
+        move = self._find_write_off_move(doc.external_ref)
+        if move is None:
+            raise UncertainOutcome(f"the reconcile wizard finished but no move carries {doc.external_ref}")
+        return PostResult(str(move["id"]), move.get("number") or "", {"action": "written off"})
+
+    def _find_write_off_move(self, external_ref: str) -> dict[str, Any] | None:
+        found = self._search_read(
+            "account.move", [["description", "=", external_ref]], ["id", "number", "state"], limit=1
+        )
+        return found[0] if found else None
 
     def close(self) -> None:
         self.rpc.http.close()

@@ -38,6 +38,8 @@ CURRENCIES = {
 REVENUE_ACCOUNTS = {"4000": "Subscription revenue", "4100": "Usage revenue"}
 CLEARING_ACCOUNTS = {"1150": "Card processor clearing", "1160": "Bank receipts clearing"}
 PAYMENT_METHODS = {"Card": "1150", "Bank": "1160"}
+BAD_DEBT_ACCOUNT = ("6800", "Bad debts")
+WRITE_OFF_METHODS = {"Bad debt": "6800"}  # name -> the expense account it writes off to
 TAXES = {"VAT20": Decimal("0.20")}
 MODULES = "account_invoice"
 BIN = Path(sys.executable).parent
@@ -178,6 +180,15 @@ def setup_accounting(config: Path, database: str, *, years: tuple[int, ...] = ()
             credit_account=clearing[account_code],
             debit_account=clearing[account_code],
         ).save()
+
+    expense = first([("type.expense", "=", True)])
+    code, name = BAD_DEBT_ACCOUNT
+    bad_debts = Account(name=name, code=code, type=expense.type, parent=expense.parent, company=company)
+    bad_debts.save()
+    [write_off_journal] = Journal.find([("type", "=", "write-off")], limit=1)
+    WriteOff = Model.get("account.move.reconcile.write_off")
+    for method_name in WRITE_OFF_METHODS:
+        WriteOff(name=method_name, journal=write_off_journal, credit_account=bad_debts, debit_account=bad_debts).save()
 
     today = datetime.date.today()
     for year in years or (today.year - 1, today.year, today.year + 1):

@@ -113,6 +113,36 @@ CATALOGUE: dict[str, Entry] = {
         "{erp}. Look for a payment recorded by hand in the ERP; link or skip this one.",
         FIX_IN_BILLING,
     ),
+    "void_after_payment": Entry(
+        B,
+        "Void of a paid invoice",
+        "Billing voided {document} for {customer}, but {erp} already holds payments on it ({erp_number}), so it "
+        "cannot be cancelled. Refund the payment in billing, or remove the payment in the ERP, then retry.",
+        FIX_IN_BILLING,
+    ),
+    "write_off_amount_mismatch": Entry(
+        B,
+        "Amount mismatch",
+        "Billing writes off {billing_total} of {document} for {customer}, but {erp} has {erp_total} open on it. "
+        "Look for a payment or credit recorded by hand in the ERP, then retry or skip.",
+        FIX_IN_BILLING,
+    ),
+    "missing_write_off_method_mapping": Entry(
+        B,
+        MISSING_MAPPING,
+        "{document} for {customer} cannot be written off in {erp}: no write-off method is mapped for {item}. "
+        "Add a write-off method mapping (for {keys}) and repost.",
+        FIX_MAPPING,
+        "write_off_method",
+    ),
+    "unknown_write_off_method": Entry(
+        B,
+        INVALID_MAPPING,
+        "{document} for {customer} was not written off: write-off method {value} does not exist in {erp}. "
+        "Correct the write-off method mapping and repost.",
+        FIX_MAPPING,
+        "write_off_method",
+    ),
     "amended_after_posting": Entry(
         B,
         "Changed after posting",

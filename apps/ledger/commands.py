@@ -65,6 +65,7 @@ class InvoiceData:
     lines: tuple[InvoiceLineData, ...]
     period_start: date | None = None
     period_end: date | None = None
+    status_date: date | None = None  # when billing voided it, marked it uncollectible or saw it paid
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,9 @@ class Invoice(SourceRecord):
     customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="invoices")
     legal_entity = models.ForeignKey(LegalEntity, null=True, blank=True, on_delete=models.PROTECT)
     status = models.CharField(max_length=16, choices=STATUS_CHOICES, default=STATUS_OPEN)
+    status_date = models.DateField(
+        null=True, blank=True, help_text="When billing last changed the status (voided, marked uncollectible, paid)."
+    )
     currency = models.CharField(max_length=3)
     currency_exponent = models.PositiveSmallIntegerField()
     subtotal_minor = models.BigIntegerField()

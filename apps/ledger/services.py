@@ -164,6 +164,7 @@ def upsert_invoice(
                 "customer": customer.record,
                 "legal_entity": legal_entity or customer.record.legal_entity,  # type: ignore[union-attr]
                 "status": data.status,
+                "status_date": data.status_date,
                 "currency": normalize_currency(data.currency),
                 "subtotal_minor": data.subtotal_minor,
                 "tax_minor": data.tax_minor,
@@ -205,6 +206,8 @@ def upsert_invoice(
             invoice.tax_minor = data.tax_minor
             invoice.total_minor = data.total_minor
             _replace_lines(source, invoice, data)
+        if data.status != invoice.status:
+            invoice.status_date = data.status_date
         invoice.status = data.status
         invoice.amount_paid_minor = data.amount_paid_minor
         invoice.number = data.number or invoice.number

@@ -3,7 +3,7 @@ parents surface here, as the same errors a connector would raise, so the executo
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 from apps.connectors.documents import (
     Address,
@@ -11,6 +11,8 @@ from apps.connectors.documents import (
     InvoiceDocument,
     InvoiceLineDocument,
     PaymentDocument,
+    VoidDocument,
+    WriteOffDocument,
 )
 from apps.core.errors import BusinessRuleError
 from apps.ledger.models import Customer, Invoice, InvoiceLine, PaymentApplication
@@ -22,6 +24,7 @@ _MAPPING_WORDS = {
     Mapping.KIND_REVENUE_ACCOUNT: "revenue account",
     Mapping.KIND_TAX_CODE: "tax code",
     Mapping.KIND_PAYMENT_JOURNAL: "payment journal",
+    Mapping.KIND_WRITE_OFF_METHOD: "write-off method",
 }
 
 
@@ -132,4 +135,41 @@ def payment_document(posting: Posting, application: PaymentApplication) -> Payme
         ),
         method=payment.method,
         correlation_id=payment.correlation_id,
+    )
+
+
+def _status_date(invoice: Invoice) -> date:
+    """The day billing changed the invoice's status, never before the invoice itself."""
+    return max(invoice.status_date or invoice.updated_at.date(), invoice.invoice_date)
+
+
+def void_document(posting: Posting, invoice: Invoice) -> VoidDocument:
+    return VoidDocument(
+        external_ref=posting.external_ref,
+        invoice_ref=invoice.external_ref,
+        invoice_erp_id=_erp_id_of_parent(posting.connection, Operation.POST_INVOICE, invoice=invoice),
+        voided_on=_status_date(invoice),
+        number=invoice.number,
+        correlation_id=posting.correlation_id,
+    )
+
+
+def write_off_document(posting: Posting, invoice: Invoice) -> WriteOffDocument:
+    customer = invoice.customer
+    return WriteOffDocument(
+        external_ref=posting.external_ref,
+        invoice_ref=invoice.external_ref,
+        invoice_erp_id=_erp_id_of_parent(posting.connection, Operation.POST_INVOICE, invoice=invoice),
+        currency=invoice.currency,
+        amount_minor=invoice.total_minor - invoice.amount_paid_minor,
+        written_off_on=_status_date(invoice),
+        write_off_method=_mapped(
+            posting.connection,
+            Mapping.KIND_WRITE_OFF_METHOD,
+            [customer.legal_entity.code if customer.legal_entity else ""],
+            "bad debts",
+        ),
+        number=invoice.number,
+        reason="marked uncollectible in billing",
+        correlation_id=posting.correlation_id,
     )

@@ -39,7 +39,13 @@ from apps.core.secrets import MissingSecret
 from apps.flow import services as flow
 from apps.flow.models import ConnectionFlow
 from apps.posting import dispatch, signals
-from apps.posting.documents import customer_document, invoice_document, payment_document
+from apps.posting.documents import (
+    customer_document,
+    invoice_document,
+    payment_document,
+    void_document,
+    write_off_document,
+)
 from apps.posting.models import (
     CLAIMABLE_STATES,
     ErrorCategory,
@@ -195,6 +201,12 @@ def _call(connector: ERPConnector, posting: Posting) -> PostResult:
     if posting.operation == Operation.APPLY_PAYMENT:
         assert posting.payment_application is not None
         return connector.apply_payment(payment_document(posting, posting.payment_application))
+    if posting.operation == Operation.VOID_INVOICE:
+        assert posting.invoice is not None
+        return connector.void_invoice(void_document(posting, posting.invoice))
+    if posting.operation == Operation.WRITE_OFF:
+        assert posting.invoice is not None
+        return connector.write_off(write_off_document(posting, posting.invoice))
     raise ConfigurationError(f"unknown operation {posting.operation}")
 
 

@@ -40,6 +40,8 @@ class Operation(models.TextChoices):
     ENSURE_CUSTOMER = "ensure_customer", "Ensure customer"
     POST_INVOICE = "post_invoice", "Post invoice"
     APPLY_PAYMENT = "apply_payment", "Apply payment"
+    VOID_INVOICE = "void_invoice", "Void invoice"
+    WRITE_OFF = "write_off", "Write off invoice"
 
 
 class ErrorCategory(models.TextChoices):

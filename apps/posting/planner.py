@@ -7,6 +7,7 @@ import logging
 
 from django.db import transaction
 
+from apps.connectors.base import VOID_SUFFIX, WRITE_OFF_SUFFIX
 from apps.core import audit
 from apps.ledger.models import Customer, Invoice, Payment, PaymentApplication
 from apps.posting import dispatch, signals
@@ -129,7 +130,7 @@ def invoice_posting_key(invoice: Invoice, connection: ERPConnection) -> str:
 def plan_invoice(invoice: Invoice) -> list[Posting]:
     """Raises ``NoRoute`` when no connection takes the invoice's legal entity."""
     if invoice.status == Invoice.STATUS_VOID:
-        return []
+        return plan_void(invoice)
     connection = route(invoice.legal_entity)
     with transaction.atomic():
         customer_posting = plan_customer(invoice.customer, connection)
@@ -149,6 +150,54 @@ def plan_invoice(invoice: Invoice) -> list[Posting]:
         ]
         for application in invoice.payments.select_related("payment"):
             planned.append(_plan_application(application, invoice, connection))
+        if invoice.status == Invoice.STATUS_UNCOLLECTIBLE and invoice.total_minor > invoice.amount_paid_minor:
+            planned.append(
+                _plan(
+                    connection=connection,
+                    operation=Operation.WRITE_OFF,
+                    source=invoice.source,
+                    source_id=f"{invoice.source_id}{WRITE_OFF_SUFFIX}",
+                    revision=1,
+                    depends_on_key=invoice_posting_key(invoice, connection),
+                    correlation_id=invoice.correlation_id,
+                    invoice=invoice,
+                )
+            )
+    return planned
+
+
+def plan_void(invoice: Invoice) -> list[Posting]:
+    """A voided invoice is cancelled in every ERP its posting went to. One that never reached an
+    ERP is not posted at all: a posting still parked or dead for it is skipped, as moot."""
+    from apps.posting.services import skip_posting
+
+    planned = []
+    with transaction.atomic():
+        invoice_postings = Posting.objects.filter(invoice=invoice, operation=Operation.POST_INVOICE).exclude(
+            state=PostingState.SKIPPED
+        )
+        for connection in ERPConnection.objects.filter(pk__in=invoice_postings.values("connection_id")):
+            latest = invoice_postings.filter(connection=connection).order_by("-revision").first()
+            assert latest is not None
+            if latest.state in (PostingState.PARKED, PostingState.DEAD):
+                skip_posting(
+                    latest.pk,
+                    actor=audit.SYSTEM,
+                    reason="Billing voided the invoice before it reached the ERP: there is nothing to post.",
+                )
+                continue
+            planned.append(
+                _plan(
+                    connection=connection,
+                    operation=Operation.VOID_INVOICE,
+                    source=invoice.source,
+                    source_id=f"{invoice.source_id}{VOID_SUFFIX}",
+                    revision=1,
+                    depends_on_key=latest.idempotency_key,
+                    correlation_id=invoice.correlation_id,
+                    invoice=invoice,
+                )
+            )
     return planned
 
 

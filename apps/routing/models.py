@@ -52,10 +52,12 @@ class Mapping(models.Model):
     KIND_REVENUE_ACCOUNT = "revenue_account"
     KIND_TAX_CODE = "tax_code"
     KIND_PAYMENT_JOURNAL = "payment_journal"
+    KIND_WRITE_OFF_METHOD = "write_off_method"
     KIND_CHOICES = [
         (KIND_REVENUE_ACCOUNT, "Revenue account"),
         (KIND_TAX_CODE, "Tax code"),
         (KIND_PAYMENT_JOURNAL, "Payment journal"),
+        (KIND_WRITE_OFF_METHOD, "Write-off method (bad debt account)"),
     ]
     DEFAULT_KEY = "default"
 

@@ -28,7 +28,13 @@ from apps.sources.base import IgnoredEvent, InvalidPayload, SignatureError
 SIGNATURE_HEADER = "Stripe-Signature"
 
 CUSTOMER_EVENTS = {"customer.created", "customer.updated"}
-INVOICE_EVENTS = {"invoice.finalized", "invoice.paid", "invoice.payment_succeeded"}
+INVOICE_EVENTS = {
+    "invoice.finalized",
+    "invoice.paid",
+    "invoice.payment_succeeded",
+    "invoice.voided",
+    "invoice.marked_uncollectible",
+}
 PAYMENT_EVENTS = {"payment_intent.succeeded", "charge.succeeded"}
 SUPPORTED_EVENTS = CUSTOMER_EVENTS | INVOICE_EVENTS | PAYMENT_EVENTS
 
@@ -194,6 +200,11 @@ def invoice_from_object(obj: dict[str, Any], version: int) -> InvoiceData:
         tax = sum(int(t.get("amount") or 0) for t in obj.get("total_taxes") or [])
     transitions = obj.get("status_transitions") or {}
     invoice_date = _date(transitions.get("finalized_at") or obj.get("effective_at") or obj.get("created"))
+    status_at = {
+        "void": transitions.get("voided_at"),
+        "uncollectible": transitions.get("marked_uncollectible_at"),
+        "paid": transitions.get("paid_at"),
+    }.get(status)
     if invoice_date is None:
         raise InvalidPayload(f"{what} has no finalization or creation date.")
     return InvoiceData(
@@ -212,6 +223,7 @@ def invoice_from_object(obj: dict[str, Any], version: int) -> InvoiceData:
         lines=lines,
         period_start=_date(obj.get("period_start")),
         period_end=_date(obj.get("period_end")),
+        status_date=_date(status_at or version),
     )
 
 

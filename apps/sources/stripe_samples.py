@@ -179,6 +179,42 @@ def paid(invoice_obj: dict[str, Any], payment_intent: str | None = None) -> dict
     return obj
 
 
+def voided(invoice_obj: dict[str, Any]) -> dict[str, Any]:
+    """The same invoice as Stripe sends it in invoice.voided."""
+    obj = json.loads(json.dumps(invoice_obj))
+    obj["status"] = "void"
+    obj["amount_remaining"] = 0
+    obj["status_transitions"]["voided_at"] = int(time.time())
+    return obj
+
+
+def uncollectible(invoice_obj: dict[str, Any], amount_paid: int = 0) -> dict[str, Any]:
+    """The same invoice as Stripe sends it in invoice.marked_uncollectible, after ``amount_paid``."""
+    obj = json.loads(json.dumps(invoice_obj))
+    obj["status"] = "uncollectible"
+    obj["amount_paid"] = amount_paid
+    obj["amount_remaining"] = obj["total"] - amount_paid
+    obj["status_transitions"]["marked_uncollectible_at"] = int(time.time())
+    return obj
+
+
+def payment_intent(customer_id: str, invoice_id: str, amount: int, currency: str = "usd") -> dict[str, Any]:
+    """A succeeded PaymentIntent paying ``amount`` of the invoice (payment_intent.succeeded)."""
+    return {
+        "id": uid("pi"),
+        "object": "payment_intent",
+        "amount": amount,
+        "amount_received": amount,
+        "currency": currency,
+        "customer": customer_id,
+        "invoice": invoice_id,
+        "status": "succeeded",
+        "payment_method_types": ["card"],
+        "created": int(time.time()),
+        "livemode": False,
+    }
+
+
 DEMO_CUSTOMERS = (
     ("Acme Corporation", "ap@acme.example"),
     ("Globex Inc.", "billing@globex.example"),

@@ -11,13 +11,23 @@ from typing import Any
 
 import pytest
 
-from apps.connectors.base import OPERATION_APPLY_PAYMENT, OPERATION_ENSURE_CUSTOMER, OPERATION_POST_INVOICE
+from apps.connectors.base import (
+    OPERATION_APPLY_PAYMENT,
+    OPERATION_ENSURE_CUSTOMER,
+    OPERATION_POST_INVOICE,
+    OPERATION_VOID_INVOICE,
+    OPERATION_WRITE_OFF,
+    VOID_SUFFIX,
+    WRITE_OFF_SUFFIX,
+)
 from apps.connectors.documents import (
     Address,
     CustomerDocument,
     InvoiceDocument,
     InvoiceLineDocument,
     PaymentDocument,
+    VoidDocument,
+    WriteOffDocument,
 )
 from apps.connectors.tryton import TrytonConnector
 from apps.core.errors import AuthenticationError, BusinessRuleError, TransientError, UncertainOutcome
@@ -234,6 +244,103 @@ def test_partial_payments_settle_the_invoice_and_are_applied_once(
     descriptions = sorted(line["move."]["description"] for line in tryton.payment_lines(int(invoice_id)))
     assert descriptions == sorted([first.external_ref, second.external_ref])
     assert tryton_connector.find_document(OPERATION_APPLY_PAYMENT, first.external_ref).erp_id == applied.erp_id  # type: ignore[union-attr]
+
+
+def void_doc(invoice: InvoiceDocument, invoice_erp_id: str) -> VoidDocument:
+    return VoidDocument(
+        external_ref=invoice.external_ref + VOID_SUFFIX,
+        invoice_ref=invoice.external_ref,
+        invoice_erp_id=invoice_erp_id,
+        voided_on=date.today(),
+        number=invoice.number,
+    )
+
+
+def write_off_doc(invoice: InvoiceDocument, invoice_erp_id: str, amount_minor: int, method: str = "Bad debt") -> Any:
+    return WriteOffDocument(
+        external_ref=invoice.external_ref + WRITE_OFF_SUFFIX,
+        invoice_ref=invoice.external_ref,
+        invoice_erp_id=invoice_erp_id,
+        currency=invoice.currency,
+        amount_minor=amount_minor,
+        written_off_on=date.today(),
+        write_off_method=method,
+        number=invoice.number,
+    )
+
+
+def test_a_void_cancels_the_posted_invoice_with_one_credit_note_and_clears_the_receivable(
+    tryton_connector: TrytonConnector, tryton: Any
+) -> None:
+    customer_ref, customer_erp_id = customer(tryton_connector)
+    doc = invoice_doc(customer_ref, customer_erp_id)
+    invoice_id = tryton_connector.post_invoice(doc).erp_id
+    assert tryton.receivable(customer_ref) == Decimal("64.00")
+    void = void_doc(doc, invoice_id)
+    assert tryton_connector.find_document(OPERATION_VOID_INVOICE, void.external_ref) is None
+
+    result = tryton_connector.void_invoice(void)
+    again = tryton_connector.void_invoice(void)  # a retry: nothing new
+
+    assert result.erp_id == again.erp_id == invoice_id
+    [invoice] = tryton.invoices(doc.external_ref)
+    assert invoice["state"] == "cancelled"
+    # Tryton does not cancel a posted customer invoice outright: it credits it with refund.
+    [credit_note] = tryton.credit_notes(customer_ref)
+    assert Decimal(credit_note["total_amount"]) == Decimal("-64.00")
+    assert tryton.receivable(customer_ref) == Decimal("0")
+    assert tryton_connector.find_document(OPERATION_VOID_INVOICE, void.external_ref).erp_id == invoice_id  # type: ignore[union-attr]
+
+
+def test_a_partly_paid_invoice_is_not_voided(tryton_connector: TrytonConnector, tryton: Any) -> None:
+    doc = invoice_doc(*customer(tryton_connector))
+    invoice_id = tryton_connector.post_invoice(doc).erp_id
+    tryton_connector.apply_payment(payment_doc(doc, invoice_id, 1000))
+    with pytest.raises(BusinessRuleError) as refused:
+        tryton_connector.void_invoice(void_doc(doc, invoice_id))
+    assert refused.value.code == "void_after_payment"
+    assert "already has payments" in refused.value.finance_message
+    [invoice] = tryton.invoices(doc.external_ref)
+    assert invoice["state"] == "posted"
+
+
+def test_the_rest_of_a_partly_paid_invoice_is_written_off_once_to_bad_debts(
+    tryton_connector: TrytonConnector, tryton: Any
+) -> None:
+    customer_ref, customer_erp_id = customer(tryton_connector)
+    doc = invoice_doc(customer_ref, customer_erp_id)
+    invoice_id = tryton_connector.post_invoice(doc).erp_id
+    tryton_connector.apply_payment(payment_doc(doc, invoice_id, 1400))
+    bad_debts_before = tryton.account_balance("6800")
+    write_off = write_off_doc(doc, invoice_id, 5000)
+    assert tryton_connector.find_document(OPERATION_WRITE_OFF, write_off.external_ref) is None
+
+    result = tryton_connector.write_off(write_off)
+    again = tryton_connector.write_off(write_off)
+
+    assert again.erp_id == result.erp_id
+    assert tryton_connector.find_document(OPERATION_WRITE_OFF, write_off.external_ref).erp_id == result.erp_id  # type: ignore[union-attr]
+    [invoice] = tryton.invoices(doc.external_ref)
+    assert (invoice["state"], invoice["amount_to_pay"]) == ("paid", Decimal("0"))
+    assert tryton.account_balance("6800") - bad_debts_before == Decimal("50.00")
+    assert tryton.receivable(customer_ref) == Decimal("0")
+
+
+def test_a_write_off_of_another_amount_than_the_erp_has_open_is_refused(
+    tryton_connector: TrytonConnector, tryton: Any
+) -> None:
+    doc = invoice_doc(*customer(tryton_connector))
+    invoice_id = tryton_connector.post_invoice(doc).erp_id
+    with pytest.raises(BusinessRuleError) as refused:
+        tryton_connector.write_off(write_off_doc(doc, invoice_id, 7000))  # more than the 64.00 open
+    assert refused.value.code == "write_off_amount_mismatch"
+    with pytest.raises(LookupError):  # less: billing counts a payment the ERP does not hold yet
+        tryton_connector.write_off(write_off_doc(doc, invoice_id, 1000))
+    with pytest.raises(BusinessRuleError) as unknown:
+        tryton_connector.write_off(write_off_doc(doc, invoice_id, 6400, method="No such method"))
+    assert unknown.value.code == "unknown_write_off_method"
+    [invoice] = tryton.invoices(doc.external_ref)
+    assert (invoice["state"], invoice["amount_to_pay"]) == ("posted", Decimal("64.00"))
 
 
 def test_a_payment_larger_than_what_is_due_is_refused(tryton_connector: TrytonConnector, tryton: Any) -> None:
