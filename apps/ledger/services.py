@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from django.db import transaction
 
 from apps.core import audit
+from apps.core.locks import lock_identity
 from apps.core.money import normalize_currency
 from apps.ledger.commands import CustomerData, InvoiceData, PaymentData
 from apps.ledger.models import Customer, Invoice, InvoiceLine, LegalEntity, Payment, PaymentApplication, Product
@@ -155,6 +156,9 @@ def upsert_invoice(
     source: str, data: InvoiceData, *, legal_entity: LegalEntity | None, correlation_id: str = ""
 ) -> Upserted:
     with transaction.atomic():
+        # A payment of this invoice normalized at the same time links itself to the invoice, or the
+        # invoice links the payment; the lock makes sure one of them sees the other.
+        lock_identity("invoice", source, data.source_id)
         customer = upsert_customer(source, data.customer, legal_entity=legal_entity, correlation_id=correlation_id)
         invoice, created = Invoice.objects.select_for_update().get_or_create(
             source=source,
@@ -223,6 +227,8 @@ def upsert_invoice(
 
 def upsert_payment(source: str, data: PaymentData, *, correlation_id: str = "") -> Upserted:
     with transaction.atomic():
+        for invoice_source_id in sorted({application.invoice_source_id for application in data.applications}):
+            lock_identity("invoice", source, invoice_source_id)
         customer = Customer.objects.filter(source=source, source_id=data.customer_source_id).first()
         payment, created = Payment.objects.select_for_update().get_or_create(
             source=source,

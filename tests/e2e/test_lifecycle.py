@@ -1,0 +1,85 @@
+"""The receivables lifecycle after the invoice, end to end from signed Stripe webhooks into the real
+Tryton: each worked example ends with the customer's receivable in Tryton equal to billing's."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from apps.core.money import to_decimal
+from apps.ledger.models import Invoice
+from apps.posting.models import Operation, Posting, PostingState
+from apps.sources import stripe_samples as se
+from tests.conftest import SOURCE, deliver, wait_for
+from tests.e2e.test_stripe_to_tryton import new_invoice
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("worker")]
+
+
+def posted(source_id: str, operation: str, timeout: float = 120) -> Posting:
+    return wait_for(
+        lambda: Posting.objects.filter(source_id=source_id, operation=operation, state=PostingState.POSTED).first(),
+        timeout=timeout,
+        what=f"{operation} of {source_id} to be posted",
+    )
+
+
+def billing_receivable(customer_id: str) -> Decimal:
+    """What billing says the customer still owes: open invoices less what was paid on them."""
+    total = 0
+    for invoice in Invoice.objects.filter(customer__source_id=customer_id):
+        if invoice.status in (Invoice.STATUS_VOID, Invoice.STATUS_UNCOLLECTIBLE):
+            continue
+        total += invoice.total_minor - invoice.amount_paid_minor
+    return to_decimal(total, "USD")
+
+
+def test_invoice_then_void_cancels_it_in_tryton_and_clears_the_receivable(client: Client, tryton: Any) -> None:
+    obj = new_invoice()
+    deliver(client, se.event("invoice.finalized", obj))
+    invoice_posting = posted(obj["id"], Operation.POST_INVOICE)
+    customer_ref = f"{SOURCE}:{obj['customer']}"
+    assert tryton.receivable(customer_ref) == Decimal("61.50") == billing_receivable(obj["customer"])
+
+    void_event = se.event("invoice.voided", se.voided(obj))
+    deliver(client, void_event)
+    deliver(client, void_event)  # delivered twice: still one void
+    void = posted(f"{obj['id']}:void", Operation.VOID_INVOICE)
+
+    assert void.depends_on_key == invoice_posting.idempotency_key
+    [invoice] = tryton.invoices(f"{SOURCE}:{obj['id']}")
+    assert invoice["state"] == "cancelled" and void.erp_id == str(invoice["id"])
+    [credit_note] = tryton.credit_notes(customer_ref)  # Tryton's rule: credited with refund, once
+    assert Decimal(credit_note["total_amount"]) == Decimal("-61.50")
+    assert tryton.receivable(customer_ref) == Decimal("0") == billing_receivable(obj["customer"])
+
+
+def test_invoice_partly_paid_then_uncollectible_writes_off_the_rest_to_bad_debts(client: Client, tryton: Any) -> None:
+    obj = new_invoice()
+    deliver(client, se.event("invoice.finalized", obj))
+    deliver(client, se.event("payment_intent.succeeded", se.payment_intent(obj["customer"], obj["id"], 2000)))
+    payment = wait_for(
+        lambda: (
+            Posting.objects.filter(operation=Operation.APPLY_PAYMENT, payment_application__invoice__source_id=obj["id"])
+            .filter(state=PostingState.POSTED)
+            .first()
+        ),
+        timeout=120,
+        what="the partial payment to be posted",
+    )
+    assert payment.erp_id
+    customer_ref = f"{SOURCE}:{obj['customer']}"
+    assert tryton.receivable(customer_ref) == Decimal("41.50")
+    bad_debts_before = tryton.account_balance("6800")
+
+    deliver(client, se.event("invoice.marked_uncollectible", se.uncollectible(obj, amount_paid=2000)))
+    write_off = posted(f"{obj['id']}:write-off", Operation.WRITE_OFF)
+
+    [invoice] = tryton.invoices(f"{SOURCE}:{obj['id']}")
+    assert (invoice["state"], invoice["amount_to_pay"]) == ("paid", Decimal("0"))
+    assert write_off.erp_id  # the write-off move
+    assert tryton.account_balance("6800") - bad_debts_before == Decimal("41.50")
+    assert tryton.receivable(customer_ref) == Decimal("0") == billing_receivable(obj["customer"])
