@@ -387,8 +387,16 @@ class TrytonConnector(ERPConnector):
                 values["contact_mechanisms"] = [["create", [{"type": "email", "value": doc.email}]]]
             if doc.tax_id:
                 values["identifiers"] = [["create", [{"code": doc.tax_id}]]]
-            [party_id] = self.rpc.call("model.party.party.create", [[values]], writes=True)
-            return PostResult(str(party_id), doc.external_ref, {"action": "created"})
+            try:
+                [party_id] = self.rpc.call("model.party.party.create", [[values]], writes=True)
+                return PostResult(str(party_id), doc.external_ref, {"action": "created"})
+            except BusinessRuleError:
+                # Lookup-then-create can lose a race: another posting of the same customer (a newer
+                # revision) created the party in between, and Tryton refused a second one with the
+                # same code. That party is ours; anything else is a real refusal.
+                party = self._find_party(doc.external_ref)
+                if party is None:
+                    raise
         if doc.name and party["name"] != doc.name:
             self.rpc.call("model.party.party.write", [[party["id"]], {"name": doc.name}], writes=True)
             return PostResult(str(party["id"]), doc.external_ref, {"action": "updated"})

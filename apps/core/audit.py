@@ -102,7 +102,7 @@ def record(
         after=normalize_json(after),
     )
     using = router.db_for_write(AuditEvent)
-    with transaction.atomic(using=using):
+    with transaction.atomic(using=using, savepoint=False):
         connection = connections[using]
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:

@@ -40,7 +40,7 @@ def _snapshot(obj: object, fields: tuple[str, ...]) -> dict[str, object]:
 def upsert_customer(
     source: str, data: CustomerData, *, legal_entity: LegalEntity | None, correlation_id: str = ""
 ) -> Upserted:
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         customer, created = Customer.objects.select_for_update().get_or_create(
             source=source,
             source_id=data.source_id,
@@ -155,7 +155,7 @@ def _replace_lines(source: str, invoice: Invoice, data: InvoiceData) -> None:
 def upsert_invoice(
     source: str, data: InvoiceData, *, legal_entity: LegalEntity | None, correlation_id: str = ""
 ) -> Upserted:
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         # A payment of this invoice normalized at the same time links itself to the invoice, or the
         # invoice links the payment; the lock makes sure one of them sees the other.
         lock_identity("invoice", source, data.source_id)
@@ -226,7 +226,7 @@ def upsert_invoice(
 
 
 def upsert_payment(source: str, data: PaymentData, *, correlation_id: str = "") -> Upserted:
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         for invoice_source_id in sorted({application.invoice_source_id for application in data.applications}):
             lock_identity("invoice", source, invoice_source_id)
         customer = Customer.objects.filter(source=source, source_id=data.customer_source_id).first()

@@ -132,7 +132,7 @@ def plan_invoice(invoice: Invoice) -> list[Posting]:
     if invoice.status == Invoice.STATUS_VOID:
         return plan_void(invoice)
     connection = route(invoice.legal_entity)
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         customer_posting = plan_customer(invoice.customer, connection)
         planned = [
             customer_posting,
@@ -172,7 +172,7 @@ def plan_void(invoice: Invoice) -> list[Posting]:
     from apps.posting.services import skip_posting
 
     planned = []
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         invoice_postings = Posting.objects.filter(invoice=invoice, operation=Operation.POST_INVOICE).exclude(
             state=PostingState.SKIPPED
         )
@@ -218,7 +218,7 @@ def _plan_application(application: PaymentApplication, invoice: Invoice, connect
 def plan_payment(payment: Payment) -> list[Posting]:
     """Applications whose invoice is not in the ledger yet are planned when the invoice arrives."""
     planned = []
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         for application in payment.applications.select_related("invoice__legal_entity"):
             if application.invoice is None:
                 log.info(

@@ -43,8 +43,15 @@ def drained() -> bool:
     if Posting.objects.filter(state__in=BUSY).exists():
         return False
     for posting in Posting.objects.filter(state=PostingState.WAITING):
-        parent = Posting.objects.filter(idempotency_key=posting.depends_on_key).values_list("state", flat=True).first()
-        if parent not in (PostingState.PARKED, PostingState.DEAD, PostingState.SKIPPED):
+        # Settled when the chain above it ends at a posting a person must act on (a payment
+        # waiting for an invoice that waits for a parked customer).
+        key, state = posting.depends_on_key, PostingState.WAITING
+        while state == PostingState.WAITING:
+            row = Posting.objects.filter(idempotency_key=key).values_list("state", "depends_on_key").first()
+            if row is None:
+                return False
+            state, key = row
+        if state not in (PostingState.PARKED, PostingState.DEAD, PostingState.SKIPPED):
             return False
     return True
 

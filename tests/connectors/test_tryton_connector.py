@@ -104,6 +104,26 @@ def test_customer_is_created_once_and_renamed_in_place(tryton_connector: TrytonC
     assert tryton_connector.find_document(OPERATION_ENSURE_CUSTOMER, ref("cus")) is None
 
 
+def test_a_customer_created_by_a_concurrent_posting_between_lookup_and_create_is_adopted(
+    tryton_connector: TrytonConnector, tryton: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    external_ref, erp_id = customer(tryton_connector)  # the other posting, already done
+    # Inject the race a single caller cannot produce on its own: this call's lookup ran before the
+    # other posting's create committed (the real-server path of the same call is the test above).
+    real_find = tryton_connector._find_party
+    lookups: list[str] = []
+
+    def find_after_the_race(code: str) -> Any:
+        lookups.append(code)
+        return None if len(lookups) == 1 else real_find(code)
+
+    monkeypatch.setattr(tryton_connector, "_find_party", find_after_the_race)
+    doc = CustomerDocument(external_ref=external_ref, name="Globex Ltd", bill_to=Address(country="US"))
+    result = tryton_connector.ensure_customer(doc)
+    assert result.erp_id == erp_id and len(lookups) == 2  # Tryton refused the duplicate; we adopted the party
+    assert len(tryton.parties(external_ref)) == 1
+
+
 def test_invoice_is_posted_with_billing_amounts_accounts_and_tax(
     tryton_connector: TrytonConnector, tryton: Any
 ) -> None:
