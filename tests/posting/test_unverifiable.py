@@ -40,6 +40,12 @@ class BlindConnector(ERPConnector):
     def apply_payment(self, doc: Any) -> PostResult:
         raise AssertionError("not reached")
 
+    def void_invoice(self, doc: Any) -> PostResult:
+        raise AssertionError("not reached")
+
+    def write_off(self, doc: Any) -> PostResult:
+        raise AssertionError("not reached")
+
     def find_document(self, operation: str, external_ref: str) -> PostResult | None:
         raise NotImplementedError
 
