@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from apps.connectors.documents import (
+    CreditMemoDocument,
     CustomerDocument,
     InvoiceDocument,
     PaymentDocument,
@@ -30,6 +31,7 @@ OPERATION_POST_INVOICE = "post_invoice"
 OPERATION_APPLY_PAYMENT = "apply_payment"
 OPERATION_VOID_INVOICE = "void_invoice"
 OPERATION_WRITE_OFF = "write_off"
+OPERATION_POST_CREDIT_MEMO = "post_credit_memo"
 # External references of the documents that act on an invoice: the invoice's own plus a suffix.
 VOID_SUFFIX = ":void"
 WRITE_OFF_SUFFIX = ":write-off"
@@ -61,6 +63,10 @@ class ERPConnector(abc.ABC):
     @abc.abstractmethod
     def apply_payment(self, doc: PaymentDocument) -> PostResult:
         """Record the payment against the invoice; idempotent on ``doc.external_ref``."""
+
+    @abc.abstractmethod
+    def post_credit_memo(self, doc: CreditMemoDocument) -> PostResult:
+        """Create and post the credit note against the invoice; idempotent on ``doc.external_ref``."""
 
     @abc.abstractmethod
     def void_invoice(self, doc: VoidDocument) -> PostResult:

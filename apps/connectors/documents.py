@@ -77,6 +77,29 @@ class PaymentDocument:
 
 
 @dataclass(frozen=True)
+class CreditMemoDocument:
+    """A credit note against a posted invoice. Lines carry positive amounts (what is credited);
+    the connector records them the way its ERP records a credit note."""
+
+    external_ref: str  # "<source>:<credit note source_id>"
+    number: str
+    invoice_ref: str
+    invoice_erp_id: str  # from the posted invoice posting
+    customer_ref: str
+    customer_erp_id: str
+    currency: str
+    invoice_date: date  # the credit note's date (named like InvoiceDocument's: the ERP sees a document date)
+    lines: tuple[InvoiceLineDocument, ...]
+    subtotal_minor: int
+    tax_minor: int
+    total_minor: int
+    reason: str = ""
+    due_date: date | None = None
+    legal_entity: str = ""
+    correlation_id: str = ""
+
+
+@dataclass(frozen=True)
 class VoidDocument:
     """Billing voided a finalized invoice: the ERP cancels it the way its rules allow for a posted
     document (cancel, or a credit note that cancels it)."""

@@ -29,6 +29,7 @@ import requests
 from apps.connectors.base import (
     OPERATION_APPLY_PAYMENT,
     OPERATION_ENSURE_CUSTOMER,
+    OPERATION_POST_CREDIT_MEMO,
     OPERATION_POST_INVOICE,
     OPERATION_VOID_INVOICE,
     OPERATION_WRITE_OFF,
@@ -37,6 +38,7 @@ from apps.connectors.base import (
 )
 from apps.connectors.documents import (
     Address,
+    CreditMemoDocument,
     CustomerDocument,
     InvoiceDocument,
     PaymentDocument,
@@ -346,6 +348,11 @@ class TrytonConnector(ERPConnector):
         if operation == OPERATION_APPLY_PAYMENT:
             line = self._find_payment_line(external_ref)
             return PostResult(str(line["id"]), external_ref) if line else None
+        if operation == OPERATION_POST_CREDIT_MEMO:
+            for invoice in self._find_invoices(external_ref):
+                if invoice["state"] in POSTED_STATES:
+                    return self._invoice_result(invoice)
+            return None
         if operation == OPERATION_VOID_INVOICE:
             invoice_ref = external_ref.removesuffix(VOID_SUFFIX)
             for invoice in self._find_invoices(invoice_ref):
@@ -405,16 +412,28 @@ class TrytonConnector(ERPConnector):
     # -- invoices -------------------------------------------------------------------------
 
     def post_invoice(self, doc: InvoiceDocument) -> PostResult:
-        expected_total = to_decimal(doc.total_minor, doc.currency)
+        return self._post_out_document(doc, sign=1)
+
+    def post_credit_memo(self, doc: CreditMemoDocument) -> PostResult:
+        """A credit note in Tryton is a customer invoice with negative quantities. When it credits
+        exactly what is still open on the invoice, the two are reconciled, so the invoice is
+        settled; a partial credit lowers the customer's receivable and leaves the invoice open."""
+        result = self._post_out_document(doc, sign=-1)
+        self._reconcile_if_settled(int(doc.invoice_erp_id), int(result.erp_id))
+        return result
+
+    def _post_out_document(self, doc: InvoiceDocument | CreditMemoDocument, *, sign: int) -> PostResult:
+        kind = "Invoice" if sign > 0 else "Credit note"
+        expected_total = sign * to_decimal(doc.total_minor, doc.currency)
         invoice_id = None
         for invoice in self._find_invoices(doc.external_ref):
             if invoice["state"] in POSTED_STATES:
                 if invoice["total_amount"] != expected_total:
                     raise BusinessRuleError(
                         "amount_mismatch",
-                        f"Invoice {doc.number} is already posted in Tryton as {invoice['number']} for "
+                        f"{kind} {doc.number} is already posted in Tryton as {invoice['number']} for "
                         f"{invoice['total_amount']} {doc.currency}, but billing now says {expected_total}. "
-                        "Issue a credit note in billing rather than changing a posted invoice.",
+                        "Issue a credit note in billing rather than changing a posted document.",
                         f"posted total {invoice['total_amount']} != {expected_total}",
                         params={"erp_total": str(invoice["total_amount"]), "billing_total": str(expected_total)},
                     )
@@ -425,12 +444,12 @@ class TrytonConnector(ERPConnector):
                 elif invoice["state"] == "draft":
                     self.rpc.call("model.account.invoice.delete", [[invoice["id"]]], writes=True)
         if invoice_id is None:
-            invoice_id = self._create_invoice(doc)
+            invoice_id = self._create_invoice(doc, sign=sign)
             [created] = self._read("account.invoice", [invoice_id], ["total_amount"])
             if created["total_amount"] != expected_total:
                 raise BusinessRuleError(
                     "amount_mismatch",
-                    f"Tryton computes {created['total_amount']} {doc.currency} for invoice {doc.number}, "
+                    f"Tryton computes {created['total_amount']} {doc.currency} for {kind.lower()} {doc.number}, "
                     f"billing says {expected_total}. Check the tax mapping of its lines; the draft stays in "
                     "Tryton and is replaced on retry.",
                     f"draft {invoice_id} total {created['total_amount']} != {expected_total}",
@@ -440,7 +459,54 @@ class TrytonConnector(ERPConnector):
         [posted] = self._read("account.invoice", [invoice_id], ["id", "state", "number", "total_amount"])
         return self._invoice_result(posted)
 
-    def _create_invoice(self, doc: InvoiceDocument) -> int:
+    def _reconcile_if_settled(self, invoice_id: int, credit_note_id: int) -> None:
+        rows = self._read(
+            "account.invoice",
+            [invoice_id, credit_note_id],
+            ["id", "state", "amount_to_pay", "lines_to_pay", "payment_lines"],
+        )
+        by_id = {int(row["id"]): row for row in rows}
+        invoice, credit = by_id[invoice_id], by_id[credit_note_id]
+        if invoice["state"] != "posted" or credit["state"] != "posted":
+            return  # already settled (a retry), or nothing to settle
+        if invoice["amount_to_pay"] != -credit["amount_to_pay"]:
+            return  # a partial credit: the customer's balance is right, the invoice stays open
+        candidates = [*invoice["lines_to_pay"], *invoice["payment_lines"], *credit["lines_to_pay"]]
+        lines = [
+            int(row["id"])
+            for row in self._read("account.move.line", candidates, ["id", "reconciliation"])
+            if not row.get("reconciliation")
+        ]
+        self._reconcile(lines)
+
+    def _reconcile(self, lines: list[int], writeoff: dict[str, Any] | None = None) -> None:
+        """Tryton's reconcile-lines wizard; ``writeoff`` (method, date, description) when the
+        lines do not balance."""
+        wizard = "wizard.account.move.reconcile_lines"
+        session_id, _, _ = self.rpc.call(f"{wizard}.create", [], writes=False)
+        context = {**self.rpc.context, "active_model": "account.move.line", "active_id": lines[0]}
+        context["active_ids"] = lines
+        try:
+            shown = self.rpc.call(
+                f"{wizard}.execute", [session_id, {}, "start", context], writes=writeoff is None, with_context=False
+            )
+            if writeoff is not None:
+                defaults = (shown.get("view") or {}).get("defaults") or {}
+                values = {key: value for key, value in defaults.items() if "." not in key}
+                values.update(writeoff)
+                self.rpc.call(
+                    f"{wizard}.execute",
+                    [session_id, {"writeoff": values}, "reconcile", context],
+                    writes=True,
+                    with_context=False,
+                )
+        finally:
+            try:
+                self.rpc.call(f"{wizard}.delete", [session_id], writes=False)
+            except ConnectorError as exc:
+                log.warning("could not delete a Tryton wizard session: %s", exc, extra={"session": session_id})
+
+    def _create_invoice(self, doc: InvoiceDocument | CreditMemoDocument, *, sign: int = 1) -> int:
         currency_id = self._currency_id(doc.currency)
         party_id = int(doc.customer_erp_id)
         [party] = self._read("party.party", [party_id], ["addresses", "account_receivable"])
@@ -465,7 +531,7 @@ class TrytonConnector(ERPConnector):
                 "type": "line",
                 "account": accounts[line.revenue_account],
                 "description": line.description,
-                "quantity": line.quantity,
+                "quantity": sign * line.quantity,
                 "unit_price": to_decimal(line.unit_amount_minor, doc.currency),
                 "currency": currency_id,
             }
@@ -703,28 +769,9 @@ class TrytonConnector(ERPConnector):
             for row in self._read("account.move.line", candidates, ["id", "reconciliation"])
             if not row.get("reconciliation")
         ]
-        wizard = "wizard.account.move.reconcile_lines"
-        session_id, _, _ = self.rpc.call(f"{wizard}.create", [], writes=False)
-        context = {**self.rpc.context, "active_model": "account.move.line", "active_id": lines[0]}
-        context["active_ids"] = lines
-        try:
-            shown = self.rpc.call(
-                f"{wizard}.execute", [session_id, {}, "start", context], writes=False, with_context=False
-            )
-            defaults = (shown.get("view") or {}).get("defaults") or {}
-            writeoff = {key: value for key, value in defaults.items() if "." not in key}
-            writeoff.update(writeoff=method_id, date=doc.written_off_on, description=doc.external_ref)
-            self.rpc.call(
-                f"{wizard}.execute",
-                [session_id, {"writeoff": writeoff}, "reconcile", context],
-                writes=True,
-                with_context=False,
-            )
-        finally:
-            try:
-                self.rpc.call(f"{wizard}.delete", [session_id], writes=False)
-            except ConnectorError as exc:
-                log.warning("could not delete a Tryton wizard session: %s", exc, extra={"session": session_id})
+        self._reconcile(
+            lines, writeoff={"writeoff": method_id, "date": doc.written_off_on, "description": doc.external_ref}
+        )
         move = self._find_write_off_move(doc.external_ref)
         if move is None:
             raise UncertainOutcome(f"the reconcile wizard finished but no move carries {doc.external_ref}")

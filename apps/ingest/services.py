@@ -19,8 +19,8 @@ from apps.core.broker import resend_patience
 from apps.core.correlation import correlation_scope, get_correlation_id
 from apps.ingest.models import InboxEvent, InboxStatus
 from apps.ledger import services as ledger
-from apps.ledger.commands import CustomerData, InvoiceData, PaymentData
-from apps.ledger.models import Customer, Invoice, Payment
+from apps.ledger.commands import CreditMemoData, CustomerData, InvoiceData, LedgerCommand
+from apps.ledger.models import CreditMemo, Customer, Invoice, Payment
 from apps.posting import planner
 from apps.routing.services import NoRoute
 from apps.sources import stripe as stripe_source
@@ -93,7 +93,7 @@ def send_normalize(event_id: int, correlation_id: str) -> bool:
     return True
 
 
-def _apply(source: BillingSource, command: CustomerData | InvoiceData | PaymentData, correlation_id: str) -> None:
+def _apply(source: BillingSource, command: LedgerCommand, correlation_id: str) -> None:
     if isinstance(command, CustomerData):
         result = ledger.upsert_customer(
             source.name, command, legal_entity=source.legal_entity, correlation_id=correlation_id
@@ -107,6 +107,10 @@ def _apply(source: BillingSource, command: CustomerData | InvoiceData | PaymentD
         )
         assert isinstance(result.record, Invoice)
         planner.plan_invoice(result.record)
+    elif isinstance(command, CreditMemoData):
+        result = ledger.upsert_credit_memo(source.name, command, correlation_id=correlation_id)
+        assert isinstance(result.record, CreditMemo)
+        planner.plan_credit_memo(result.record)
     else:
         result = ledger.upsert_payment(source.name, command, correlation_id=correlation_id)
         assert isinstance(result.record, Payment)

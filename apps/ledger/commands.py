@@ -86,4 +86,34 @@ class PaymentData:
     applications: tuple[PaymentApplicationData, ...] = ()
 
 
-LedgerCommand = CustomerData | InvoiceData | PaymentData
+@dataclass(frozen=True)
+class CreditMemoLineData:
+    description: str
+    quantity: Decimal
+    unit_amount_minor: int
+    amount_minor: int  # positive: what is credited, excluding tax
+    tax_minor: int = 0
+    source_line_id: str = ""
+    invoice_line_source_id: str = ""
+
+
+@dataclass(frozen=True)
+class CreditMemoData:
+    source_id: str
+    source_version: int
+    number: str
+    customer_source_id: str
+    invoice_source_id: str
+    status: str  # issued | void
+    currency: str
+    subtotal_minor: int
+    tax_minor: int
+    total_minor: int
+    memo_date: date
+    lines: tuple[CreditMemoLineData, ...]
+    reason: str = ""
+    refunded_minor: int = 0
+    status_date: date | None = None
+
+
+LedgerCommand = CustomerData | InvoiceData | PaymentData | CreditMemoData

@@ -201,3 +201,59 @@ class PaymentApplication(models.Model):
 
     def __str__(self) -> str:
         return f"{self.payment.source_id} → {self.invoice_source_id}"
+
+
+class CreditMemo(SourceRecord):
+    """A credit note billing issued against an invoice: it reduces what the customer owes. The
+    invoice may reach the ledger after it (``invoice_source_id`` is kept and linked later)."""
+
+    STATUS_ISSUED = "issued"
+    STATUS_VOID = "void"
+    STATUS_CHOICES = [(STATUS_ISSUED, "Issued"), (STATUS_VOID, "Void")]
+
+    number = models.CharField(max_length=64, blank=True)
+    customer = models.ForeignKey(Customer, null=True, blank=True, on_delete=models.PROTECT, related_name="credit_memos")
+    invoice_source_id = models.CharField(max_length=255)
+    invoice = models.ForeignKey(Invoice, null=True, blank=True, on_delete=models.PROTECT, related_name="credit_memos")
+    status = models.CharField(max_length=16, choices=STATUS_CHOICES, default=STATUS_ISSUED)
+    status_date = models.DateField(null=True, blank=True)
+    currency = models.CharField(max_length=3)
+    subtotal_minor = models.BigIntegerField()
+    tax_minor = models.BigIntegerField(default=0)
+    total_minor = models.BigIntegerField()
+    memo_date = models.DateField()
+    reason = models.CharField(max_length=200, blank=True, help_text="Billing's reason and memo, for people.")
+    refunded_minor = models.BigIntegerField(default=0, help_text="The part billing paid back to the customer.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["source", "source_id"], name="credit_memo_source_identity")]
+        ordering = ["-memo_date", "-id"]
+
+    def __str__(self) -> str:
+        return self.number or self.source_id
+
+    def totals_reconcile(self) -> bool:
+        lines = list(self.lines.all())
+        return (
+            sum(line.amount_minor for line in lines) == self.subtotal_minor
+            and sum(line.tax_minor for line in lines) == self.tax_minor
+            and self.subtotal_minor + self.tax_minor == self.total_minor
+        )
+
+
+class CreditMemoLine(models.Model):
+    credit_memo = models.ForeignKey(CreditMemo, on_delete=models.CASCADE, related_name="lines")
+    position = models.PositiveIntegerField()
+    source_line_id = models.CharField(max_length=255, blank=True)
+    description = models.CharField(max_length=500)
+    quantity = models.DecimalField(max_digits=20, decimal_places=6)
+    unit_amount_minor = models.BigIntegerField()
+    amount_minor = models.BigIntegerField(help_text="Excluding tax, positive: the amount credited.")
+    tax_minor = models.BigIntegerField(default=0)
+    invoice_line_source_id = models.CharField(
+        max_length=255, blank=True, help_text="The invoice line it credits; its product gives the revenue account."
+    )
+
+    class Meta:
+        ordering = ["credit_memo", "position"]
+        constraints = [models.UniqueConstraint(fields=["credit_memo", "position"], name="credit_memo_line_position")]

@@ -13,8 +13,18 @@ from django.db import transaction
 from apps.core import audit
 from apps.core.locks import lock_identity
 from apps.core.money import normalize_currency
-from apps.ledger.commands import CustomerData, InvoiceData, PaymentData
-from apps.ledger.models import Customer, Invoice, InvoiceLine, LegalEntity, Payment, PaymentApplication, Product
+from apps.ledger.commands import CreditMemoData, CustomerData, InvoiceData, PaymentData
+from apps.ledger.models import (
+    CreditMemo,
+    CreditMemoLine,
+    Customer,
+    Invoice,
+    InvoiceLine,
+    LegalEntity,
+    Payment,
+    PaymentApplication,
+    Product,
+)
 
 # A later status wins over an earlier one stamped in the same second (Stripe's ``created`` has
 # one-second resolution, and invoice.finalized and invoice.paid often share it).
@@ -27,7 +37,7 @@ _CUSTOMER_ERP_FIELDS = ("name", "email", "tax_id", "bill_to")
 
 @dataclass(frozen=True)
 class Upserted:
-    record: Customer | Invoice | Payment
+    record: Customer | Invoice | Payment | CreditMemo
     created: bool
     changed: bool
     stale: bool = False  # the incoming data was older than what the ledger holds
@@ -187,6 +197,9 @@ def upsert_invoice(
             PaymentApplication.objects.filter(
                 payment__source=source, invoice_source_id=data.source_id, invoice__isnull=True
             ).update(invoice=invoice)
+            CreditMemo.objects.filter(source=source, invoice_source_id=data.source_id, invoice__isnull=True).update(
+                invoice=invoice
+            )
             audit.record(
                 "invoice.created", invoice, after={"status": invoice.status, "total_minor": invoice.total_minor}
             )
@@ -262,3 +275,65 @@ def upsert_payment(source: str, data: PaymentData, *, correlation_id: str = "") 
                 "payment.created", payment, after={"amount_minor": payment.amount_minor, "currency": payment.currency}
             )
         return Upserted(payment, created=created, changed=changed)
+
+
+_MEMO_STATUS_RANK = {CreditMemo.STATUS_ISSUED: 0, CreditMemo.STATUS_VOID: 1}
+
+
+def upsert_credit_memo(source: str, data: CreditMemoData, *, correlation_id: str = "") -> Upserted:
+    """A credit note's amounts are fixed once issued (billing cannot edit them); later events only
+    move its status (issued → void)."""
+    with transaction.atomic(savepoint=False):
+        lock_identity("invoice", source, data.invoice_source_id)  # see upsert_invoice
+        memo, created = CreditMemo.objects.select_for_update().get_or_create(
+            source=source,
+            source_id=data.source_id,
+            defaults={
+                "number": data.number,
+                "customer": Customer.objects.filter(source=source, source_id=data.customer_source_id).first(),
+                "invoice_source_id": data.invoice_source_id,
+                "invoice": Invoice.objects.filter(source=source, source_id=data.invoice_source_id).first(),
+                "status": data.status,
+                "status_date": data.status_date,
+                "currency": normalize_currency(data.currency),
+                "subtotal_minor": data.subtotal_minor,
+                "tax_minor": data.tax_minor,
+                "total_minor": data.total_minor,
+                "memo_date": data.memo_date,
+                "reason": data.reason[:200],
+                "refunded_minor": data.refunded_minor,
+                "source_version": data.source_version,
+                "correlation_id": correlation_id,
+            },
+        )
+        if created:
+            CreditMemoLine.objects.bulk_create(
+                CreditMemoLine(
+                    credit_memo=memo,
+                    position=index,
+                    source_line_id=line.source_line_id,
+                    description=line.description[:500],
+                    quantity=line.quantity,
+                    unit_amount_minor=line.unit_amount_minor,
+                    amount_minor=line.amount_minor,
+                    tax_minor=line.tax_minor,
+                    invoice_line_source_id=line.invoice_line_source_id,
+                )
+                for index, line in enumerate(data.lines, start=1)
+            )
+            audit.record(
+                "credit_memo.created", memo, after={"total_minor": memo.total_minor, "invoice": memo.invoice_source_id}
+            )
+            return Upserted(memo, created=True, changed=True)
+        if data.source_version < memo.source_version or _MEMO_STATUS_RANK.get(data.status, 0) < _MEMO_STATUS_RANK.get(
+            memo.status, 0
+        ):
+            return Upserted(memo, created=False, changed=False, stale=True)
+        changed = data.status != memo.status
+        if changed:
+            before = {"status": memo.status}
+            memo.status, memo.status_date = data.status, data.status_date
+            audit.record("credit_memo.updated", memo, before=before, after={"status": memo.status})
+        memo.source_version = data.source_version
+        memo.save()
+        return Upserted(memo, created=False, changed=changed)

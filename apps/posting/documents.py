@@ -7,6 +7,7 @@ from datetime import date, datetime
 
 from apps.connectors.documents import (
     Address,
+    CreditMemoDocument,
     CustomerDocument,
     InvoiceDocument,
     InvoiceLineDocument,
@@ -15,7 +16,7 @@ from apps.connectors.documents import (
     WriteOffDocument,
 )
 from apps.core.errors import BusinessRuleError
-from apps.ledger.models import Customer, Invoice, InvoiceLine, PaymentApplication
+from apps.ledger.models import CreditMemo, CreditMemoLine, Customer, Invoice, InvoiceLine, PaymentApplication
 from apps.posting.models import Operation, Posting, PostingState
 from apps.routing.models import ERPConnection, Mapping
 from apps.routing.services import MissingMapping, resolve_mapping
@@ -172,4 +173,56 @@ def write_off_document(posting: Posting, invoice: Invoice) -> WriteOffDocument:
         number=invoice.number,
         reason="marked uncollectible in billing",
         correlation_id=posting.correlation_id,
+    )
+
+
+def _credit_line_document(connection: ERPConnection, line: CreditMemoLine, invoice: Invoice) -> InvoiceLineDocument:
+    """A credited invoice line keeps the revenue account and tax of the line it credits; a custom
+    credit (a goodwill amount) takes the connection's defaults."""
+    credited = (
+        invoice.lines.select_related("product").filter(source_line_id=line.invoice_line_source_id).first()
+        if line.invoice_line_source_id
+        else None
+    )
+    product = credited.product if credited else None
+    keys = [
+        credited.price_id if credited else "",
+        product.source_id if product else "",
+        product.revenue_category if product else "",
+    ]
+    what = f"'{product.name}' ({product.source_id})" if product else f"credit line '{line.description}'"
+    quantity, unit, description = line.quantity, line.unit_amount_minor, line.description
+    if quantity * unit != line.amount_minor:
+        description = f"{description} (quantity {quantity.normalize()})"
+        quantity, unit = type(quantity)(1), line.amount_minor
+    return InvoiceLineDocument(
+        description=description,
+        quantity=quantity,
+        unit_amount_minor=unit,
+        amount_minor=line.amount_minor,
+        revenue_account=_mapped(connection, Mapping.KIND_REVENUE_ACCOUNT, keys, what),
+        tax_code=_mapped(connection, Mapping.KIND_TAX_CODE, keys, what) if line.tax_minor else "",
+        tax_minor=line.tax_minor,
+    )
+
+
+def credit_memo_document(posting: Posting, memo: CreditMemo) -> CreditMemoDocument:
+    invoice = memo.invoice
+    assert invoice is not None  # planned only once linked
+    return CreditMemoDocument(
+        external_ref=memo.external_ref,
+        number=memo.number,
+        invoice_ref=invoice.external_ref,
+        invoice_erp_id=_erp_id_of_parent(posting.connection, Operation.POST_INVOICE, invoice=invoice),
+        customer_ref=invoice.customer.external_ref,
+        customer_erp_id=_erp_id_of_parent(posting.connection, Operation.ENSURE_CUSTOMER, customer=invoice.customer),
+        currency=memo.currency,
+        invoice_date=max(memo.memo_date, invoice.invoice_date),
+        lines=tuple(_credit_line_document(posting.connection, line, invoice) for line in memo.lines.all()),
+        subtotal_minor=memo.subtotal_minor,
+        tax_minor=memo.tax_minor,
+        total_minor=memo.total_minor,
+        reason=memo.reason,
+        legal_entity=invoice.legal_entity.code if invoice.legal_entity else "",
+        correlation_id=memo.correlation_id,
     )

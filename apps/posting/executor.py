@@ -40,6 +40,7 @@ from apps.flow import services as flow
 from apps.flow.models import ConnectionFlow
 from apps.posting import dispatch, signals
 from apps.posting.documents import (
+    credit_memo_document,
     customer_document,
     invoice_document,
     payment_document,
@@ -201,6 +202,9 @@ def _call(connector: ERPConnector, posting: Posting) -> PostResult:
     if posting.operation == Operation.APPLY_PAYMENT:
         assert posting.payment_application is not None
         return connector.apply_payment(payment_document(posting, posting.payment_application))
+    if posting.operation == Operation.POST_CREDIT_MEMO:
+        assert posting.credit_memo is not None
+        return connector.post_credit_memo(credit_memo_document(posting, posting.credit_memo))
     if posting.operation == Operation.VOID_INVOICE:
         assert posting.invoice is not None
         return connector.void_invoice(void_document(posting, posting.invoice))
@@ -225,7 +229,9 @@ def execute_posting(posting_id: int) -> str:
     a slow ERP occupies at most its cap of worker processes; with no slot free the posting is
     held for a moment and sent again, without using an attempt."""
     row = (
-        Posting.objects.select_related("connection", "customer", "invoice__customer", "payment_application__payment")
+        Posting.objects.select_related(
+            "connection", "customer", "invoice__customer", "payment_application__payment", "credit_memo"
+        )
         .filter(pk=posting_id)
         .first()
     )

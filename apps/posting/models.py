@@ -12,7 +12,7 @@ import hashlib
 from django.db import models
 from django.utils import timezone
 
-from apps.ledger.models import Customer, Invoice, PaymentApplication
+from apps.ledger.models import CreditMemo, Customer, Invoice, PaymentApplication
 from apps.routing.models import ERPConnection
 
 
@@ -42,6 +42,7 @@ class Operation(models.TextChoices):
     APPLY_PAYMENT = "apply_payment", "Apply payment"
     VOID_INVOICE = "void_invoice", "Void invoice"
     WRITE_OFF = "write_off", "Write off invoice"
+    POST_CREDIT_MEMO = "post_credit_memo", "Post credit memo"
 
 
 class ErrorCategory(models.TextChoices):
@@ -60,6 +61,7 @@ class Posting(models.Model):
     customer = models.ForeignKey(Customer, null=True, blank=True, on_delete=models.PROTECT)
     invoice = models.ForeignKey(Invoice, null=True, blank=True, on_delete=models.PROTECT)
     payment_application = models.ForeignKey(PaymentApplication, null=True, blank=True, on_delete=models.PROTECT)
+    credit_memo = models.ForeignKey(CreditMemo, null=True, blank=True, on_delete=models.PROTECT)
     depends_on_key = models.CharField(max_length=64, blank=True, db_index=True)
 
     state = models.CharField(max_length=16, choices=PostingState.choices, default=PostingState.QUEUED, db_index=True)

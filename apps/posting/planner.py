@@ -9,7 +9,7 @@ from django.db import transaction
 
 from apps.connectors.base import VOID_SUFFIX, WRITE_OFF_SUFFIX
 from apps.core import audit
-from apps.ledger.models import Customer, Invoice, Payment, PaymentApplication
+from apps.ledger.models import CreditMemo, Customer, Invoice, Payment, PaymentApplication
 from apps.posting import dispatch, signals
 from apps.posting.models import ErrorCategory, Operation, Posting, PostingState, idempotency_key
 from apps.routing.models import ERPConnection
@@ -150,6 +150,8 @@ def plan_invoice(invoice: Invoice) -> list[Posting]:
         ]
         for application in invoice.payments.select_related("payment"):
             planned.append(_plan_application(application, invoice, connection))
+        for memo in invoice.credit_memos.filter(status=CreditMemo.STATUS_ISSUED):
+            planned.append(_plan_credit_memo(memo, invoice, connection))
         if invoice.status == Invoice.STATUS_UNCOLLECTIBLE and invoice.total_minor > invoice.amount_paid_minor:
             planned.append(
                 _plan(
@@ -229,3 +231,46 @@ def plan_payment(payment: Payment) -> list[Posting]:
             connection = route(application.invoice.legal_entity)
             planned.append(_plan_application(application, application.invoice, connection))
     return planned
+
+
+def _credit_memo_problem(memo: CreditMemo) -> tuple[str, str, str] | None:
+    if memo.totals_reconcile():
+        return None
+    lines = list(memo.lines.all())
+    return (
+        "amount_mismatch",
+        f"Credit note {memo.number or memo.source_id} does not add up: its lines come to "
+        f"{sum(line.amount_minor for line in lines)} plus tax {memo.tax_minor} but its total is "
+        f"{memo.total_minor} (minor units of {memo.currency}). Correct it in billing, or skip it with a reason.",
+        f"subtotal_minor={memo.subtotal_minor} tax_minor={memo.tax_minor} total_minor={memo.total_minor}",
+    )
+
+
+def _plan_credit_memo(memo: CreditMemo, invoice: Invoice, connection: ERPConnection) -> Posting:
+    return _plan(
+        connection=connection,
+        operation=Operation.POST_CREDIT_MEMO,
+        source=memo.source,
+        source_id=memo.source_id,
+        revision=memo.revision,
+        depends_on_key=invoice_posting_key(invoice, connection),
+        correlation_id=memo.correlation_id,
+        park=_credit_memo_problem(memo),
+        credit_memo=memo,
+        invoice=invoice,
+    )
+
+
+def plan_credit_memo(memo: CreditMemo) -> list[Posting]:
+    """Posted to the ERP of the invoice it credits, after that invoice. One whose invoice is not in
+    the ledger yet is planned when the invoice arrives; one voided before it was planned is not
+    posted."""
+    if memo.invoice is None or memo.status != CreditMemo.STATUS_ISSUED:
+        if memo.status == CreditMemo.STATUS_VOID and Posting.objects.filter(credit_memo=memo).exists():
+            log.warning(
+                "credit memo voided after it was planned: voiding it in the ERP is not supported yet",
+                extra={"credit_memo": memo.source_id},
+            )
+        return []
+    with transaction.atomic(savepoint=False):
+        return [_plan_credit_memo(memo, memo.invoice, route(memo.invoice.legal_entity))]

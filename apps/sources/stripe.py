@@ -16,6 +16,8 @@ import stripe
 
 from apps.core.money import CurrencyError, normalize_currency
 from apps.ledger.commands import (
+    CreditMemoData,
+    CreditMemoLineData,
     CustomerData,
     InvoiceData,
     InvoiceLineData,
@@ -36,7 +38,8 @@ INVOICE_EVENTS = {
     "invoice.marked_uncollectible",
 }
 PAYMENT_EVENTS = {"payment_intent.succeeded", "charge.succeeded"}
-SUPPORTED_EVENTS = CUSTOMER_EVENTS | INVOICE_EVENTS | PAYMENT_EVENTS
+CREDIT_NOTE_EVENTS = {"credit_note.created", "credit_note.updated", "credit_note.voided"}
+SUPPORTED_EVENTS = CUSTOMER_EVENTS | INVOICE_EVENTS | PAYMENT_EVENTS | CREDIT_NOTE_EVENTS
 
 _INVOICE_STATUS = {"open": "open", "paid": "paid", "void": "void", "uncollectible": "uncollectible"}
 
@@ -283,6 +286,68 @@ def payment_from_intent_or_charge(obj: dict[str, Any], version: int) -> PaymentD
     )
 
 
+def _credit_line(line: dict[str, Any], memo_id: str) -> CreditMemoLineData:
+    what = f"Credit note {memo_id} line {line.get('id', '?')}"
+    amount = _int(line, "amount", what)
+    try:
+        quantity = Decimal(str(line.get("quantity") or 1))
+    except InvalidOperation as exc:
+        raise InvalidPayload(f"{what}: quantity {line.get('quantity')!r} is not a number.") from exc
+    unit = line.get("unit_amount")
+    if not isinstance(unit, int):
+        unit = amount // int(quantity) if quantity == quantity.to_integral_value() and quantity > 0 else amount
+    taxes = line.get("taxes") or line.get("tax_amounts") or []
+    return CreditMemoLineData(
+        description=str(line.get("description") or "Credit"),
+        quantity=quantity,
+        unit_amount_minor=unit,
+        amount_minor=amount,
+        tax_minor=sum(int(t.get("amount") or 0) for t in taxes),
+        source_line_id=str(line.get("id") or ""),
+        invoice_line_source_id=_id(line.get("invoice_line_item")),
+    )
+
+
+def credit_memo_from_object(obj: dict[str, Any], version: int) -> CreditMemoData:
+    memo_id = _id(obj)
+    what = f"Credit note {obj.get('number') or memo_id}"
+    if not _id(obj.get("invoice")):
+        raise InvalidPayload(f"{what} names no invoice; the hub posts credit notes against an invoice.")
+    lines_obj = obj.get("lines") or {}
+    if lines_obj.get("has_more"):
+        raise InvalidPayload(f"{what} has more lines than the webhook carries.")
+    lines = tuple(_credit_line(line, memo_id) for line in lines_obj.get("data") or [])
+    if not lines:
+        raise InvalidPayload(f"{what} has no lines.")
+    total = _int(obj, "total", what)
+    subtotal = obj.get("subtotal_excluding_tax")
+    if not isinstance(subtotal, int):
+        subtotal = _int(obj, "subtotal", what)
+    memo_date = _date(obj.get("effective_at") or obj.get("created"))
+    if memo_date is None:
+        raise InvalidPayload(f"{what} has no date.")
+    status = "void" if obj.get("status") == "void" else "issued"
+    refunded = sum(int(r.get("amount_refunded") or 0) for r in obj.get("refunds") or [] if isinstance(r, dict))
+    reason = " — ".join(str(part) for part in (obj.get("reason"), obj.get("memo")) if part)
+    return CreditMemoData(
+        source_id=memo_id,
+        source_version=version,
+        number=str(obj.get("number") or ""),
+        customer_source_id=_id(obj.get("customer")),
+        invoice_source_id=_id(obj.get("invoice")),
+        status=status,
+        currency=_currency(obj, what),
+        subtotal_minor=subtotal,
+        tax_minor=total - subtotal,
+        total_minor=total,
+        memo_date=memo_date,
+        lines=lines,
+        reason=reason,
+        refunded_minor=refunded or int(obj.get("refund_amount") or 0),
+        status_date=_date(obj.get("voided_at")) if status == "void" else memo_date,
+    )
+
+
 def parse_event(event: dict[str, Any]) -> list[LedgerCommand]:
     """Canonical commands for one stored event; raises ``IgnoredEvent`` for types not posted."""
     event_type = str(event.get("type"))
@@ -299,4 +364,6 @@ def parse_event(event: dict[str, Any]) -> list[LedgerCommand]:
         return commands
     if event_type in PAYMENT_EVENTS:
         return [payment_from_intent_or_charge(obj, version)]
+    if event_type in CREDIT_NOTE_EVENTS:
+        return [credit_memo_from_object(obj, version)]
     raise IgnoredEvent(f"Stripe event type {event_type} is not posted by this hub version.")

@@ -198,6 +198,68 @@ def uncollectible(invoice_obj: dict[str, Any], amount_paid: int = 0) -> dict[str
     return obj
 
 
+def credit_note(
+    invoice_obj: dict[str, Any], credits: list[tuple[int, int]], *, custom: int = 0, reason: str = "order_change"
+) -> dict[str, Any]:
+    """A credit note on ``invoice_obj`` as Stripe sends it in credit_note.created: ``credits`` is
+    (index of the invoice line, amount credited) pairs; ``custom`` adds a goodwill line."""
+    now = int(time.time())
+    lines = []
+    invoice_lines = invoice_obj["lines"]["data"]
+    for index, amount in credits:
+        credited = invoice_lines[index]
+        lines.append(
+            {
+                "id": uid("cnli"),
+                "object": "credit_note_line_item",
+                "type": "invoice_line_item",
+                "invoice_line_item": credited["id"],
+                "amount": amount,
+                "description": credited["description"],
+                "quantity": 1,
+                "unit_amount": None,
+                "taxes": [],
+            }
+        )
+    if custom:
+        lines.append(
+            {
+                "id": uid("cnli"),
+                "object": "credit_note_line_item",
+                "type": "custom_line_item",
+                "amount": custom,
+                "description": "Service credit",
+                "quantity": 1,
+                "unit_amount": custom,
+                "taxes": [],
+            }
+        )
+    total = sum(line["amount"] for line in lines)
+    return {
+        "id": uid("cn"),
+        "object": "credit_note",
+        "amount": total,
+        "currency": invoice_obj["currency"],
+        "customer": invoice_obj["customer"],
+        "invoice": invoice_obj["id"],
+        "number": f"{invoice_obj.get('number') or 'INV'}-CN-01",
+        "lines": {"object": "list", "data": lines, "has_more": False},
+        "memo": None,
+        "reason": reason,
+        "status": "issued",
+        "subtotal": total,
+        "subtotal_excluding_tax": total,
+        "total": total,
+        "total_excluding_tax": total,
+        "type": "pre_payment",
+        "created": now,
+        "effective_at": now,
+        "voided_at": None,
+        "refunds": [],
+        "livemode": False,
+    }
+
+
 def payment_intent(customer_id: str, invoice_id: str, amount: int, currency: str = "usd") -> dict[str, Any]:
     """A succeeded PaymentIntent paying ``amount`` of the invoice (payment_intent.succeeded)."""
     return {

@@ -14,6 +14,7 @@ import pytest
 from apps.connectors.base import (
     OPERATION_APPLY_PAYMENT,
     OPERATION_ENSURE_CUSTOMER,
+    OPERATION_POST_CREDIT_MEMO,
     OPERATION_POST_INVOICE,
     OPERATION_VOID_INVOICE,
     OPERATION_WRITE_OFF,
@@ -22,6 +23,7 @@ from apps.connectors.base import (
 )
 from apps.connectors.documents import (
     Address,
+    CreditMemoDocument,
     CustomerDocument,
     InvoiceDocument,
     InvoiceLineDocument,
@@ -361,6 +363,47 @@ def test_a_write_off_of_another_amount_than_the_erp_has_open_is_refused(
     assert unknown.value.code == "unknown_write_off_method"
     [invoice] = tryton.invoices(doc.external_ref)
     assert (invoice["state"], invoice["amount_to_pay"]) == ("posted", Decimal("64.00"))
+
+
+def credit_doc(invoice: InvoiceDocument, invoice_erp_id: str, *lines: InvoiceLineDocument) -> CreditMemoDocument:
+    subtotal = sum(line.amount_minor for line in lines)
+    tax = sum(line.tax_minor for line in lines)
+    return CreditMemoDocument(
+        external_ref=ref("cn"),
+        number="INV-0042-CN-01",
+        invoice_ref=invoice.external_ref,
+        invoice_erp_id=invoice_erp_id,
+        customer_ref=invoice.customer_ref,
+        customer_erp_id=invoice.customer_erp_id,
+        currency=invoice.currency,
+        invoice_date=date.today(),
+        lines=lines,
+        subtotal_minor=subtotal,
+        tax_minor=tax,
+        total_minor=subtotal + tax,
+    )
+
+
+def test_a_credit_note_is_posted_once_as_negative_lines_and_lowers_the_receivable(
+    tryton_connector: TrytonConnector, tryton: Any
+) -> None:
+    doc = invoice_doc(*customer(tryton_connector))
+    invoice_id = tryton_connector.post_invoice(doc).erp_id
+    credit = credit_doc(
+        doc, invoice_id, InvoiceLineDocument("API calls", Decimal(1), 500, 500, "4100", tax_code="VAT20", tax_minor=100)
+    )
+    assert tryton_connector.find_document(OPERATION_POST_CREDIT_MEMO, credit.external_ref) is None
+
+    first = tryton_connector.post_credit_memo(credit)
+    again = tryton_connector.post_credit_memo(credit)  # a retry finds it posted
+
+    assert first.erp_id == again.erp_id
+    [note] = tryton.invoices(credit.external_ref)
+    assert (note["state"], note["total_amount"], note["tax_amount"]) == ("posted", Decimal("-6.00"), Decimal("-1.00"))
+    assert tryton.receivable(doc.customer_ref) == Decimal("58.00")  # 64.00 less 6.00
+    [invoice] = tryton.invoices(doc.external_ref)
+    assert (invoice["state"], invoice["amount_to_pay"]) == ("posted", Decimal("64.00"))  # partial: still open
+    assert tryton_connector.find_document(OPERATION_POST_CREDIT_MEMO, credit.external_ref).erp_id == first.erp_id  # type: ignore[union-attr]
 
 
 def test_a_payment_larger_than_what_is_due_is_refused(tryton_connector: TrytonConnector, tryton: Any) -> None:

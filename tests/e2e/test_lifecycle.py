@@ -83,3 +83,38 @@ def test_invoice_partly_paid_then_uncollectible_writes_off_the_rest_to_bad_debts
     assert write_off.erp_id  # the write-off move
     assert tryton.account_balance("6800") - bad_debts_before == Decimal("41.50")
     assert tryton.receivable(customer_ref) == Decimal("0") == billing_receivable(obj["customer"])
+
+
+def test_invoice_then_partial_credit_note_then_payment_of_the_rest_settles_it(client: Client, tryton: Any) -> None:
+    obj = new_invoice()  # 49.00 plan + 12.50 usage
+    deliver(client, se.event("invoice.finalized", obj))
+    memo = se.credit_note(obj, [(1, 500)], custom=250)  # 5.00 of the usage line, 2.50 goodwill
+    deliver(client, se.event("credit_note.created", memo))
+    credit = posted(memo["id"], Operation.POST_CREDIT_MEMO)
+    customer_ref = f"{SOURCE}:{obj['customer']}"
+
+    [credit_note] = tryton.invoices(f"{SOURCE}:{memo['id']}")
+    assert credit_note["total_amount"] == Decimal("-7.50") and credit.erp_id == str(credit_note["id"])
+    lines = sorted((line["amount"], line["account_code"]) for line in tryton.invoice_lines(credit_note["id"]))
+    assert lines == [(Decimal("-5.00"), "4100"), (Decimal("-2.50"), "4000")]  # the credited line's account
+    [invoice] = tryton.invoices(f"{SOURCE}:{obj['id']}")
+    assert invoice["state"] == "posted"  # a partial credit leaves the invoice open
+    assert tryton.receivable(customer_ref) == Decimal("54.00")
+
+    rest = se.payment_intent(obj["customer"], obj["id"], 5400)
+    deliver(client, se.event("payment_intent.succeeded", rest))
+    posted(f"{rest['id']}:{obj['id']}", Operation.APPLY_PAYMENT)
+    assert tryton.receivable(customer_ref) == Decimal("0")
+
+
+def test_a_credit_note_for_the_whole_invoice_settles_it_in_tryton(client: Client, tryton: Any) -> None:
+    obj = new_invoice()
+    memo = se.credit_note(obj, [(0, 4900), (1, 1250)])
+    deliver(client, se.event("credit_note.created", memo))  # before its invoice: it waits for it
+    deliver(client, se.event("invoice.finalized", obj))
+    posted(memo["id"], Operation.POST_CREDIT_MEMO)
+
+    [invoice] = tryton.invoices(f"{SOURCE}:{obj['id']}")
+    [credit_note] = tryton.invoices(f"{SOURCE}:{memo['id']}")
+    assert (invoice["state"], credit_note["state"]) == ("paid", "paid")  # reconciled against each other
+    assert tryton.receivable(f"{SOURCE}:{obj['customer']}") == Decimal("0")

@@ -3,7 +3,7 @@ from decimal import Decimal
 
 import pytest
 
-from apps.ledger.commands import CustomerData, InvoiceData, PaymentData
+from apps.ledger.commands import CreditMemoData, CustomerData, InvoiceData, PaymentData
 from apps.sources import stripe_samples as se
 from apps.sources.base import IgnoredEvent, InvalidPayload
 from apps.sources.stripe import parse_event
@@ -91,3 +91,36 @@ def test_unsupported_and_broken_events_say_why() -> None:
     obj["currency"] = "dollars"
     with pytest.raises(InvalidPayload, match="ISO 4217"):
         parse_event(se.event("invoice.finalized", obj))
+
+
+def test_credit_note_becomes_a_credit_memo_naming_the_invoice_lines_it_credits() -> None:
+    invoice_obj = se.invoice(se.uid("cus"), [se.line(4900), se.line(1250, product="prod_usage_api_calls")])
+    note = se.credit_note(invoice_obj, [(1, 500)], custom=250, reason="product_unsatisfactory")
+    [memo] = parse_event(se.event("credit_note.created", note))
+    assert isinstance(memo, CreditMemoData)
+    assert (memo.invoice_source_id, memo.customer_source_id) == (invoice_obj["id"], invoice_obj["customer"])
+    assert (memo.subtotal_minor, memo.tax_minor, memo.total_minor, memo.status) == (750, 0, 750, "issued")
+    assert [line.invoice_line_source_id for line in memo.lines] == [invoice_obj["lines"]["data"][1]["id"], ""]
+    assert [line.amount_minor for line in memo.lines] == [500, 250]
+    assert memo.reason == "product_unsatisfactory"
+
+    voided = {**note, "status": "void", "voided_at": note["created"] + 86400}
+    [void] = parse_event(se.event("credit_note.voided", voided))
+    assert void.status == "void" and void.status_date is not None  # type: ignore[union-attr]
+
+
+def test_a_credit_note_without_an_invoice_or_lines_is_refused_with_its_reason() -> None:
+    invoice_obj = se.invoice(se.uid("cus"), [se.line(4900)])
+    note = se.credit_note(invoice_obj, [(0, 100)])
+    with pytest.raises(InvalidPayload, match="names no invoice"):
+        parse_event(se.event("credit_note.created", {**note, "invoice": None}))
+    with pytest.raises(InvalidPayload, match="has no lines"):
+        parse_event(se.event("credit_note.created", {**note, "lines": {"data": [], "has_more": False}}))
+
+
+def test_voided_and_uncollectible_invoices_carry_the_day_billing_changed_them() -> None:
+    invoice_obj = se.invoice(se.uid("cus"), [se.line(4900)])
+    [void] = parse_event(se.event("invoice.voided", se.voided(invoice_obj)))
+    [bad] = parse_event(se.event("invoice.marked_uncollectible", se.uncollectible(invoice_obj, 900)))
+    assert (void.status, bad.status, bad.amount_paid_minor) == ("void", "uncollectible", 900)  # type: ignore[union-attr]
+    assert void.status_date is not None and bad.status_date is not None  # type: ignore[union-attr]
