@@ -22,6 +22,7 @@ from apps.connectors.documents import (
     InvoiceDocument,
     PaymentDocument,
     PostResult,
+    RefundDocument,
     VoidDocument,
     WriteOffDocument,
 )
@@ -32,6 +33,8 @@ OPERATION_APPLY_PAYMENT = "apply_payment"
 OPERATION_VOID_INVOICE = "void_invoice"
 OPERATION_WRITE_OFF = "write_off"
 OPERATION_POST_CREDIT_MEMO = "post_credit_memo"
+OPERATION_REFUND_CREDIT_MEMO = "refund_credit_memo"
+REFUND_SUFFIX = ":refund"
 # External references of the documents that act on an invoice: the invoice's own plus a suffix.
 VOID_SUFFIX = ":void"
 WRITE_OFF_SUFFIX = ":write-off"
@@ -67,6 +70,11 @@ class ERPConnector(abc.ABC):
     @abc.abstractmethod
     def post_credit_memo(self, doc: CreditMemoDocument) -> PostResult:
         """Create and post the credit note against the invoice; idempotent on ``doc.external_ref``."""
+
+    @abc.abstractmethod
+    def refund_credit_memo(self, doc: RefundDocument) -> PostResult:
+        """Pay the credited amount back to the customer against the posted credit note; idempotent
+        on ``doc.external_ref``. Refuses a refund larger than what the credit note leaves owed."""
 
     @abc.abstractmethod
     def void_invoice(self, doc: VoidDocument) -> PostResult:

@@ -100,6 +100,21 @@ class CreditMemoDocument:
 
 
 @dataclass(frozen=True)
+class RefundDocument:
+    """Money paid back to the customer for a credit note (Stripe's refund on a credit note)."""
+
+    external_ref: str  # "<source>:<credit note source_id>:refund"
+    credit_memo_ref: str
+    credit_memo_erp_id: str  # from the posted credit memo posting
+    currency: str
+    amount_minor: int  # positive: what went back to the customer
+    refunded_on: date
+    payment_journal: str  # the ERP's payment method / journal the money left from, from the mapping
+    number: str = ""
+    correlation_id: str = ""
+
+
+@dataclass(frozen=True)
 class VoidDocument:
     """Billing voided a finalized invoice: the ERP cancels it the way its rules allow for a posted
     document (cancel, or a credit note that cancels it)."""

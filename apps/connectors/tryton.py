@@ -31,6 +31,7 @@ from apps.connectors.base import (
     OPERATION_ENSURE_CUSTOMER,
     OPERATION_POST_CREDIT_MEMO,
     OPERATION_POST_INVOICE,
+    OPERATION_REFUND_CREDIT_MEMO,
     OPERATION_VOID_INVOICE,
     OPERATION_WRITE_OFF,
     VOID_SUFFIX,
@@ -43,6 +44,7 @@ from apps.connectors.documents import (
     InvoiceDocument,
     PaymentDocument,
     PostResult,
+    RefundDocument,
     VoidDocument,
     WriteOffDocument,
 )
@@ -345,7 +347,7 @@ class TrytonConnector(ERPConnector):
                 if invoice["state"] in POSTED_STATES:
                     return self._invoice_result(invoice)
             return None
-        if operation == OPERATION_APPLY_PAYMENT:
+        if operation in (OPERATION_APPLY_PAYMENT, OPERATION_REFUND_CREDIT_MEMO):
             line = self._find_payment_line(external_ref)
             return PostResult(str(line["id"]), external_ref) if line else None
         if operation == OPERATION_POST_CREDIT_MEMO:
@@ -633,13 +635,51 @@ class TrytonConnector(ERPConnector):
                 f"invoice {invoice_id} state {invoice['state']} amount_to_pay {invoice['amount_to_pay']}",
                 params={"erp_total": str(invoice["amount_to_pay"]), "billing_total": str(amount)},
             )
-        self._run_pay_wizard(invoice_id, amount, method_id, doc)
+        self._run_pay_wizard(invoice_id, amount, method_id, doc.paid_on, doc.external_ref)
         line = self._find_payment_line(doc.external_ref)
         if line is None:
             raise UncertainOutcome(f"the pay wizard finished but no payment line carries {doc.external_ref}")
         return PostResult(str(line["id"]), doc.external_ref, {"action": "applied"})
 
-    def _run_pay_wizard(self, invoice_id: int, amount: Decimal, method_id: int, doc: PaymentDocument) -> None:
+    def refund_credit_memo(self, doc: RefundDocument) -> PostResult:
+        """Tryton pays a credit note out with the same pay wizard, for a negative amount: the money
+        leaves the payment method's account and the customer's credit is used up."""
+        existing = self._find_payment_line(doc.external_ref)
+        if existing is not None:
+            return PostResult(str(existing["id"]), doc.external_ref, {"action": "already refunded"})
+        credit_id = int(doc.credit_memo_erp_id)
+        method_id = self._payment_method_id(doc.payment_journal)
+        amount = to_decimal(doc.amount_minor, doc.currency)
+        [credit] = self._read("account.invoice", [credit_id], ["state", "amount_to_pay", "number"])
+        owed = -credit["amount_to_pay"]  # what the hub's customer is still owed on the credit note
+        if credit["state"] != "posted" or owed < amount:
+            raise BusinessRuleError(
+                "overrefund",
+                f"Billing refunded {amount} {doc.currency} on credit note {doc.number or doc.credit_memo_ref}, but "
+                f"Tryton credit note {credit['number']} leaves {owed} to pay back. Look for a refund recorded by "
+                "hand in the ERP; link or skip this one.",
+                f"credit note {credit_id} state {credit['state']} amount_to_pay {credit['amount_to_pay']}",
+                params={"erp_total": str(owed), "billing_total": str(amount)},
+            )
+        self._run_pay_wizard(credit_id, -amount, method_id, doc.refunded_on, doc.external_ref)
+        line = self._find_payment_line(doc.external_ref)
+        if line is None:
+            raise UncertainOutcome(f"the pay wizard finished but no payment line carries {doc.external_ref}")
+        return PostResult(str(line["id"]), doc.external_ref, {"action": "refunded"})
+
+    def _payment_method_id(self, name: str) -> int:
+        return self._lookup_id(
+            "account.invoice.payment.method",
+            "name",
+            name,
+            code="unknown_payment_journal",
+            message=f"The payment method '{name}' does not exist in Tryton. Fix the payment journal "
+            "mapping in the hub, then retry.",
+        )
+
+    def _run_pay_wizard(
+        self, invoice_id: int, amount: Decimal, method_id: int, on: datetime.date, description: str
+    ) -> None:
         wizard = "wizard.account.invoice.pay"
         session_id, _, _ = self.rpc.call(f"{wizard}.create", [], writes=False)
         context = {**self.rpc.context, "active_model": "account.invoice", "active_id": invoice_id}
@@ -649,7 +689,7 @@ class TrytonConnector(ERPConnector):
                 f"{wizard}.execute", [session_id, {}, "start", context], writes=False, with_context=False
             )
             start = {key: value for key, value in shown["view"]["defaults"].items() if "." not in key}
-            start.update(amount=amount, payment_method=method_id, date=doc.paid_on, description=doc.external_ref)
+            start.update(amount=amount, payment_method=method_id, date=on, description=description)
             data = {"start": start}
             result = self.rpc.call(
                 f"{wizard}.execute", [session_id, data, "choice", context], writes=True, with_context=False

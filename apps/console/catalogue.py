@@ -113,6 +113,13 @@ CATALOGUE: dict[str, Entry] = {
         "{erp}. Look for a payment recorded by hand in the ERP; link or skip this one.",
         FIX_IN_BILLING,
     ),
+    "overrefund": Entry(
+        B,
+        "Amount mismatch",
+        "The refund of {billing_total} on the credit note for {document} ({customer}) is more than the {erp_total} "
+        "{erp} still owes the customer on it. Look for a refund recorded by hand in the ERP; link or skip this one.",
+        FIX_IN_BILLING,
+    ),
     "void_after_payment": Entry(
         B,
         "Void of a paid invoice",

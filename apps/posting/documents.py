@@ -12,6 +12,7 @@ from apps.connectors.documents import (
     InvoiceDocument,
     InvoiceLineDocument,
     PaymentDocument,
+    RefundDocument,
     VoidDocument,
     WriteOffDocument,
 )
@@ -225,4 +226,18 @@ def credit_memo_document(posting: Posting, memo: CreditMemo) -> CreditMemoDocume
         reason=memo.reason,
         legal_entity=invoice.legal_entity.code if invoice.legal_entity else "",
         correlation_id=memo.correlation_id,
+    )
+
+
+def refund_document(posting: Posting, memo: CreditMemo) -> RefundDocument:
+    return RefundDocument(
+        external_ref=posting.external_ref,
+        credit_memo_ref=memo.external_ref,
+        credit_memo_erp_id=_erp_id_of_parent(posting.connection, Operation.POST_CREDIT_MEMO, credit_memo=memo),
+        currency=memo.currency,
+        amount_minor=memo.refunded_minor,
+        refunded_on=memo.status_date or memo.memo_date,
+        payment_journal=_mapped(posting.connection, Mapping.KIND_PAYMENT_JOURNAL, ["refund"], "refunds"),
+        number=memo.number,
+        correlation_id=posting.correlation_id,
     )

@@ -44,6 +44,7 @@ from apps.posting.documents import (
     customer_document,
     invoice_document,
     payment_document,
+    refund_document,
     void_document,
     write_off_document,
 )
@@ -205,6 +206,9 @@ def _call(connector: ERPConnector, posting: Posting) -> PostResult:
     if posting.operation == Operation.POST_CREDIT_MEMO:
         assert posting.credit_memo is not None
         return connector.post_credit_memo(credit_memo_document(posting, posting.credit_memo))
+    if posting.operation == Operation.REFUND_CREDIT_MEMO:
+        assert posting.credit_memo is not None
+        return connector.refund_credit_memo(refund_document(posting, posting.credit_memo))
     if posting.operation == Operation.VOID_INVOICE:
         assert posting.invoice is not None
         return connector.void_invoice(void_document(posting, posting.invoice))

@@ -43,6 +43,7 @@ class Operation(models.TextChoices):
     VOID_INVOICE = "void_invoice", "Void invoice"
     WRITE_OFF = "write_off", "Write off invoice"
     POST_CREDIT_MEMO = "post_credit_memo", "Post credit memo"
+    REFUND_CREDIT_MEMO = "refund_credit_memo", "Refund credit memo"
 
 
 class ErrorCategory(models.TextChoices):

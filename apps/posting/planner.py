@@ -7,7 +7,7 @@ import logging
 
 from django.db import transaction
 
-from apps.connectors.base import VOID_SUFFIX, WRITE_OFF_SUFFIX
+from apps.connectors.base import REFUND_SUFFIX, VOID_SUFFIX, WRITE_OFF_SUFFIX
 from apps.core import audit
 from apps.ledger.models import CreditMemo, Customer, Invoice, Payment, PaymentApplication
 from apps.posting import dispatch, signals
@@ -151,7 +151,7 @@ def plan_invoice(invoice: Invoice) -> list[Posting]:
         for application in invoice.payments.select_related("payment"):
             planned.append(_plan_application(application, invoice, connection))
         for memo in invoice.credit_memos.filter(status=CreditMemo.STATUS_ISSUED):
-            planned.append(_plan_credit_memo(memo, invoice, connection))
+            planned.extend(_plan_credit_memo(memo, invoice, connection))
         if invoice.status == Invoice.STATUS_UNCOLLECTIBLE and invoice.total_minor > invoice.amount_paid_minor:
             planned.append(
                 _plan(
@@ -246,8 +246,9 @@ def _credit_memo_problem(memo: CreditMemo) -> tuple[str, str, str] | None:
     )
 
 
-def _plan_credit_memo(memo: CreditMemo, invoice: Invoice, connection: ERPConnection) -> Posting:
-    return _plan(
+def _plan_credit_memo(memo: CreditMemo, invoice: Invoice, connection: ERPConnection) -> list[Posting]:
+    """The credit note after its invoice, and the refund paid on it (if any) after the note."""
+    credit = _plan(
         connection=connection,
         operation=Operation.POST_CREDIT_MEMO,
         source=memo.source,
@@ -259,6 +260,20 @@ def _plan_credit_memo(memo: CreditMemo, invoice: Invoice, connection: ERPConnect
         credit_memo=memo,
         invoice=invoice,
     )
+    if memo.refunded_minor <= 0:
+        return [credit]
+    refund = _plan(
+        connection=connection,
+        operation=Operation.REFUND_CREDIT_MEMO,
+        source=memo.source,
+        source_id=f"{memo.source_id}{REFUND_SUFFIX}",
+        revision=1,
+        depends_on_key=credit.idempotency_key,
+        correlation_id=memo.correlation_id,
+        credit_memo=memo,
+        invoice=invoice,
+    )
+    return [credit, refund]
 
 
 def plan_credit_memo(memo: CreditMemo) -> list[Posting]:
@@ -273,4 +288,4 @@ def plan_credit_memo(memo: CreditMemo) -> list[Posting]:
             )
         return []
     with transaction.atomic(savepoint=False):
-        return [_plan_credit_memo(memo, memo.invoice, route(memo.invoice.legal_entity))]
+        return _plan_credit_memo(memo, memo.invoice, route(memo.invoice.legal_entity))

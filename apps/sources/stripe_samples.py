@@ -199,10 +199,16 @@ def uncollectible(invoice_obj: dict[str, Any], amount_paid: int = 0) -> dict[str
 
 
 def credit_note(
-    invoice_obj: dict[str, Any], credits: list[tuple[int, int]], *, custom: int = 0, reason: str = "order_change"
+    invoice_obj: dict[str, Any],
+    credits: list[tuple[int, int]],
+    *,
+    custom: int = 0,
+    reason: str = "order_change",
+    refunded: int = 0,
 ) -> dict[str, Any]:
     """A credit note on ``invoice_obj`` as Stripe sends it in credit_note.created: ``credits`` is
-    (index of the invoice line, amount credited) pairs; ``custom`` adds a goodwill line."""
+    (index of the invoice line, amount credited) pairs; ``custom`` adds a goodwill line;
+    ``refunded`` is the part paid back to the card (a post-payment credit note)."""
     now = int(time.time())
     lines = []
     invoice_lines = invoice_obj["lines"]["data"]
@@ -251,11 +257,11 @@ def credit_note(
         "subtotal_excluding_tax": total,
         "total": total,
         "total_excluding_tax": total,
-        "type": "pre_payment",
+        "type": "post_payment" if refunded else "pre_payment",
         "created": now,
         "effective_at": now,
         "voided_at": None,
-        "refunds": [],
+        "refunds": [{"amount_refunded": refunded, "refund": uid("re"), "type": "refund"}] if refunded else [],
         "livemode": False,
     }
 

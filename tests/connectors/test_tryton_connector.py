@@ -16,6 +16,7 @@ from apps.connectors.base import (
     OPERATION_ENSURE_CUSTOMER,
     OPERATION_POST_CREDIT_MEMO,
     OPERATION_POST_INVOICE,
+    OPERATION_REFUND_CREDIT_MEMO,
     OPERATION_VOID_INVOICE,
     OPERATION_WRITE_OFF,
     VOID_SUFFIX,
@@ -28,6 +29,7 @@ from apps.connectors.documents import (
     InvoiceDocument,
     InvoiceLineDocument,
     PaymentDocument,
+    RefundDocument,
     VoidDocument,
     WriteOffDocument,
 )
@@ -404,6 +406,38 @@ def test_a_credit_note_is_posted_once_as_negative_lines_and_lowers_the_receivabl
     [invoice] = tryton.invoices(doc.external_ref)
     assert (invoice["state"], invoice["amount_to_pay"]) == ("posted", Decimal("64.00"))  # partial: still open
     assert tryton_connector.find_document(OPERATION_POST_CREDIT_MEMO, credit.external_ref).erp_id == first.erp_id  # type: ignore[union-attr]
+
+
+def test_a_refund_pays_the_credit_note_out_once_and_never_more_than_it_owes(
+    tryton_connector: TrytonConnector, tryton: Any
+) -> None:
+    doc = invoice_doc(*customer(tryton_connector))
+    invoice_id = tryton_connector.post_invoice(doc).erp_id
+    tryton_connector.apply_payment(payment_doc(doc, invoice_id, 6400))
+    credit = credit_doc(doc, invoice_id, InvoiceLineDocument("Pro plan", Decimal(1), 4900, 4900, "4000"))
+    credit_id = tryton_connector.post_credit_memo(credit).erp_id
+    assert tryton.receivable(doc.customer_ref) == Decimal("-49.00")  # the hub's customer is owed 49.00
+
+    def refund(amount_minor: int, suffix: str) -> RefundDocument:
+        return RefundDocument(
+            external_ref=credit.external_ref + suffix,
+            credit_memo_ref=credit.external_ref,
+            credit_memo_erp_id=credit_id,
+            currency="USD",
+            amount_minor=amount_minor,
+            refunded_on=date.today(),
+            payment_journal="Card",
+        )
+
+    with pytest.raises(BusinessRuleError) as refused:
+        tryton_connector.refund_credit_memo(refund(5000, ":too-much"))
+    assert refused.value.code == "overrefund"
+    paid_back = refund(4900, ":refund")
+    first = tryton_connector.refund_credit_memo(paid_back)
+    assert tryton_connector.refund_credit_memo(paid_back).erp_id == first.erp_id  # a retry: nothing new
+    assert tryton_connector.find_document(OPERATION_REFUND_CREDIT_MEMO, paid_back.external_ref).erp_id == first.erp_id  # type: ignore[union-attr]
+    [note] = tryton.invoices(credit.external_ref)
+    assert note["state"] == "paid" and tryton.receivable(doc.customer_ref) == Decimal("0")
 
 
 def test_a_payment_larger_than_what_is_due_is_refused(tryton_connector: TrytonConnector, tryton: Any) -> None:

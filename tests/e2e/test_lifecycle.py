@@ -118,3 +118,21 @@ def test_a_credit_note_for_the_whole_invoice_settles_it_in_tryton(client: Client
     [credit_note] = tryton.invoices(f"{SOURCE}:{memo['id']}")
     assert (invoice["state"], credit_note["state"]) == ("paid", "paid")  # reconciled against each other
     assert tryton.receivable(f"{SOURCE}:{obj['customer']}") == Decimal("0")
+
+
+def test_paid_invoice_then_credit_note_refunded_to_the_card_pays_the_customer_back(client: Client, tryton: Any) -> None:
+    obj = new_invoice()
+    deliver(client, se.event("invoice.finalized", obj))
+    deliver(client, se.event("invoice.paid", se.paid(obj)))
+    memo = se.credit_note(obj, [(1, 1250)], refunded=1250)  # the usage line refunded to the card
+    deliver(client, se.event("credit_note.created", memo))
+    refund = posted(f"{memo['id']}:refund", Operation.REFUND_CREDIT_MEMO)
+    customer_ref = f"{SOURCE}:{obj['customer']}"
+
+    credit = Posting.objects.get(source_id=memo["id"], operation=Operation.POST_CREDIT_MEMO)
+    assert refund.depends_on_key == credit.idempotency_key and refund.erp_id
+    [invoice] = tryton.invoices(f"{SOURCE}:{obj['id']}")
+    [credit_note] = tryton.invoices(f"{SOURCE}:{memo['id']}")
+    assert invoice["state"] == "paid"
+    assert (credit_note["state"], credit_note["total_amount"]) == ("paid", Decimal("-12.50"))  # paid out
+    assert tryton.receivable(customer_ref) == Decimal("0")

@@ -40,6 +40,9 @@ class BlindConnector(ERPConnector):
     def apply_payment(self, doc: Any) -> PostResult:
         raise AssertionError("not reached")
 
+    def refund_credit_memo(self, doc: Any) -> PostResult:
+        raise AssertionError("not reached")
+
     def post_credit_memo(self, doc: Any) -> PostResult:
         raise AssertionError("not reached")
 
