@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dj_database_url
 from celery.schedules import crontab
+from kombu import Exchange, Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("HUB_VAR_DIR", BASE_DIR / "var"))
@@ -159,6 +160,15 @@ else:
     # A hard time limit well below the visibility timeout, so a task is never redelivered while
     # its first run is still alive.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# Two queues, read in turn by every worker: ingest (normalization, sweeps) and posting. In a burst
+# the inbox backlog would otherwise stand in front of every posting message in one FIFO queue.
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("HUB_QUEUE", "hub")
+HUB_POSTING_QUEUE = f"{CELERY_TASK_DEFAULT_QUEUE}.posting"
+CELERY_TASK_QUEUES = tuple(
+    Queue(name, Exchange(name, type="direct"), routing_key=name)
+    for name in (CELERY_TASK_DEFAULT_QUEUE, HUB_POSTING_QUEUE)
+)
+CELERY_TASK_ROUTES = {"posting.execute": {"queue": HUB_POSTING_QUEUE, "routing_key": HUB_POSTING_QUEUE}}
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True

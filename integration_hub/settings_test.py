@@ -9,6 +9,7 @@ os.environ.setdefault("HUB_VAR_DIR", "/tmp/integration-hub-test-var")
 # never take each other's tasks.
 os.environ.setdefault("HUB_TEST_QUEUE", f"hub-tests-{os.getpid()}")
 os.environ.setdefault("HUB_FLOW_NAMESPACE", os.environ["HUB_TEST_QUEUE"])
+os.environ["HUB_QUEUE"] = os.environ["HUB_TEST_QUEUE"]  # the queues are named after it
 # Quick retries so failure paths finish in seconds.
 os.environ.setdefault("HUB_BACKOFF_BASE", "0.5")
 os.environ.setdefault("HUB_BACKOFF_MAX", "5")
@@ -19,7 +20,6 @@ os.environ.setdefault("DATABASE_CONN_MAX_AGE", "0")
 
 from integration_hub.settings import *  # noqa: F403
 
-CELERY_TASK_DEFAULT_QUEUE = os.environ["HUB_TEST_QUEUE"]
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 LOG_FORMAT = "console"
 LOGGING["handlers"]["default"]["formatter"] = "console"  # noqa: F405

@@ -86,6 +86,11 @@ def _test_database_url() -> str:
     return f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
+def worker_queues(base: str) -> tuple[str, str]:
+    """The ingest and posting queues a hub worker reads (see CELERY_TASK_QUEUES)."""
+    return base, f"{base}.posting"
+
+
 class WorkerProcess:
     def __init__(self, log_path: Path, env: dict[str, str], extra_args: list[str] | None = None) -> None:
         self.log_path = log_path
@@ -103,7 +108,7 @@ class WorkerProcess:
                 "-c",
                 "2",
                 "-Q",
-                env.get("HUB_TEST_QUEUE") or os.environ["HUB_TEST_QUEUE"],
+                ",".join(worker_queues(env.get("HUB_TEST_QUEUE") or os.environ["HUB_TEST_QUEUE"])),
                 "-n",
                 f"hub-test-{os.getpid()}-{time.monotonic_ns()}@%h",
                 "--without-gossip",

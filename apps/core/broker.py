@@ -28,16 +28,16 @@ class QueueState:
     oldest_sent_at: float | None  # epoch seconds of the message next in line, when it says
 
 
-def queue_state() -> QueueState | None:
-    """The default queue's depth and its oldest message's send time, or None when the broker
-    cannot say (not Redis, or unreachable)."""
+def queue_state(queue: str | None = None) -> QueueState | None:
+    """A queue's depth (the default queue unless named) and its oldest message's send time, or
+    None when the broker cannot say (not Redis, or unreachable)."""
     app = current_app
     if not str(app.conf.broker_url or "").startswith(("redis://", "rediss://")):
         return None
     try:
         with app.connection_for_read() as connection:
             client = connection.default_channel.client
-            queue = app.conf.task_default_queue
+            queue = queue or app.conf.task_default_queue
             depth = int(client.llen(queue))
             # kombu's Redis transport pushes on the left and pops on the right: -1 is next in line.
             raw = client.lindex(queue, -1) if depth else None
@@ -57,13 +57,13 @@ def _sent_at(raw: bytes | str | None) -> float | None:
         return None
 
 
-def resend_patience(stale_seconds: float, now: float | None = None) -> float:
+def resend_patience(stale_seconds: float, now: float | None = None, queue: str | None = None) -> float:
     """How long a sent message may go unprocessed before the sweepers send it again.
 
     Queue empty (or no broker to ask): the stale limit. Backlog with a stamped oldest message: the
     age of that message plus the stale limit, so only rows sent before it are resent. Backlog
     without a stamp (messages from an older release): ten times the stale limit, at least a minute."""
-    state = queue_state()
+    state = queue_state(queue)
     if state is None or not state.depth:
         return stale_seconds
     if state.oldest_sent_at is None:

@@ -136,7 +136,7 @@ def sweep_postings(now: timezone.datetime | None = None) -> dict[str, int]:
 
     counts["unheld"] = sweep_holds()  # maintenance windows that ended
 
-    patience = timedelta(seconds=resend_patience(hub["INBOX_STALE_SECONDS"]))
+    patience = timedelta(seconds=resend_patience(hub["INBOX_STALE_SECONDS"], queue=settings.HUB_POSTING_QUEUE))
     due = (
         Posting.objects.filter(
             Q(state=PostingState.QUEUED, enqueued_at__isnull=True, created_at__lt=now - timedelta(seconds=5))

@@ -134,7 +134,7 @@ def test_celery_is_configured_for_at_least_once_delivery() -> None:
     assert conf.task_time_limit < conf.broker_transport_options["visibility_timeout"]
 
 
-def test_the_sweeper_resends_only_what_the_queue_no_longer_holds(planned: dict[str, Posting]) -> None:
+def test_the_sweeper_resends_only_what_the_queue_no_longer_holds(planned: dict[str, Posting], settings: Any) -> None:
     """The queue is first in, first out: a row sent after the oldest waiting message is still in
     it, however long ago; a row sent well before it had its message taken, and is still not done."""
     import json
@@ -147,12 +147,10 @@ def test_the_sweeper_resends_only_what_the_queue_no_longer_holds(planned: dict[s
     customer = planned[Operation.ENSURE_CUSTOMER]
     queue = f"sweep-test-{customer.pk}-{timezone.now().timestamp()}"
     client = redis.Redis.from_url(current_app.conf.broker_url)
-    default_queue = current_app.conf.task_default_queue
-    # A queue no worker reads, for this test only (settings come in under Celery's CELERY_ namespace).
-    current_app.conf.CELERY_TASK_DEFAULT_QUEUE = queue
+    settings.HUB_POSTING_QUEUE = queue  # a posting queue no worker reads, for this test only
     try:
         for _ in range(50):
-            current_app.send_task("posting.execute", args=[0])
+            current_app.send_task("posting.execute", args=[0], queue=queue, routing_key=queue)
         assert client.llen(queue) == 50
         # The oldest waiting message was sent 30 minutes ago (a long backlog).
         head = json.loads(client.lindex(queue, -1))
@@ -176,5 +174,4 @@ def test_the_sweeper_resends_only_what_the_queue_no_longer_holds(planned: dict[s
         client.delete(queue)
         assert services.sweep_postings()["requeued"] == 1  # the queue is empty and it is still queued: lost
     finally:
-        current_app.conf.CELERY_TASK_DEFAULT_QUEUE = default_queue
         client.delete(queue)
