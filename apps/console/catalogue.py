@@ -287,7 +287,20 @@ def document_facts(posting: Posting) -> dict[str, Any]:
     if posting.operation == Operation.APPLY_PAYMENT and posting.payment_application is not None:
         payment = posting.payment_application.payment
         facts["payment"] = payment.source_id
+    memo = posting.credit_memo
+    if memo is not None:
+        on = f" on {facts['document']}" if invoice is not None else ""
+        prefix = "Refund of credit note" if posting.operation == Operation.REFUND_CREDIT_MEMO else "Credit note"
+        facts["document"] = f"{prefix} {memo.number or memo.source_id}{on}"
+        amount = memo.refunded_minor if posting.operation == Operation.REFUND_CREDIT_MEMO else memo.total_minor
+        facts["amount"] = f"{to_decimal(amount, memo.currency)} {memo.currency}"
+    elif posting.operation in _ACTS_ON_INVOICE and invoice is not None:
+        facts["document"] = f"{_ACTS_ON_INVOICE[posting.operation]} {facts['document']}"
     return facts
+
+
+# Postings that act on an invoice already in the ERP: named after what they do to it.
+_ACTS_ON_INVOICE = {Operation.VOID_INVOICE: "Void of", Operation.WRITE_OFF: "Write-off of"}
 
 
 def finance_message(posting: Posting) -> str:
