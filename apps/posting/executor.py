@@ -87,11 +87,14 @@ def parent_state(posting: Posting) -> str | None:
     return Posting.objects.filter(idempotency_key=posting.depends_on_key).values_list("state", flat=True).first() or ""
 
 
-def claim(posting_id: int, row: Posting | None = None, budget: ConnectionFlow | None = None) -> Claim | None:
+def claim(
+    posting_id: int, row: Posting | None = None, budget: ConnectionFlow | None = None, lease: str = ""
+) -> Claim | None:
     """Take the row if it is ours to run now; otherwise say why not and return None.
 
     ``row`` and ``budget``: the posting and its connection's flow row when the caller has just
-    read them (saves reading them again)."""
+    read them (saves reading them again). ``lease``: the concurrency slot the run holds, kept on
+    the row so the sweeper can give it back if this worker dies mid-call."""
     now = timezone.now()
     posting = row if row is not None else Posting.objects.select_related("connection").filter(pk=posting_id).first()
     if posting is None:
@@ -119,6 +122,7 @@ def claim(posting_id: int, row: Posting | None = None, budget: ConnectionFlow | 
             "claimed_at": now,
             "attempt_count": posting.attempt_count + 1,
             "updated_at": now,
+            "slot_lease": lease,
         }
         # Compare-and-set on what we read: a row changed since (by anyone) is not ours to run.
         won = Posting.objects.filter(pk=posting_id, state=posting.state, attempt_count=posting.attempt_count).update(
@@ -253,7 +257,7 @@ def execute_posting(posting_id: int) -> str:
             _hold(row, flow.busy_hold(row.connection, budget))
         return "skipped"
     try:
-        claimed = claim(posting_id, row, budget)
+        claimed = claim(posting_id, row, budget, lease)
         if claimed is None:
             return "skipped"
         with correlation_scope(row.correlation_id):

@@ -74,6 +74,9 @@ class Posting(models.Model):
     enqueued_at = models.DateTimeField(null=True, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
     claim_token = models.CharField(max_length=64, blank=True)
+    slot_lease = models.CharField(
+        max_length=64, blank=True, help_text="The connection concurrency slot the running claim holds."
+    )
     verify_before_retry = models.BooleanField(
         default=False, help_text="The last call may have reached the ERP: look it up before sending again."
     )

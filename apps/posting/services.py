@@ -160,6 +160,12 @@ def sweep_postings(now: timezone.datetime | None = None) -> dict[str, int]:
             .order_by("pk")[:SWEEP_BATCH]
         )
         for posting in orphans:
+            if posting.slot_lease:
+                # The dead worker's concurrency slot: give it back now rather than when its lease
+                # runs out (minutes), or a connection with a small cap stalls for that long.
+                from apps.flow.services import slots
+
+                slots(posting.connection).release(posting.slot_lease)
             PostingAttempt.objects.filter(posting=posting, outcome=PostingAttempt.Outcome.STARTED).update(
                 outcome=PostingAttempt.Outcome.ABANDONED,
                 finished_at=now,
@@ -170,6 +176,7 @@ def sweep_postings(now: timezone.datetime | None = None) -> dict[str, int]:
                 retry_at=now,
                 verify_before_retry=True,
                 claim_token="",
+                slot_lease="",
                 updated_at=now,
             )
             audit.record(

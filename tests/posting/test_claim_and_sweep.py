@@ -9,6 +9,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
+from apps.flow import services as flow
 from apps.ingest.models import InboxEvent
 from apps.ingest.services import normalize_event
 from apps.posting import executor, services
@@ -100,12 +101,17 @@ def test_the_sweeper_recovers_a_posting_orphaned_in_flight_and_marks_it_for_look
     planned: dict[str, Posting],
 ) -> None:
     customer = planned[Operation.ENSURE_CUSTOMER]
-    claimed = executor.claim(customer.pk)
+    slots = flow.slots(customer.connection)
+    in_use = slots.in_use()
+    lease = slots.try_acquire()  # the slot the worker took before its claim
+    assert lease is not None
+    claimed = executor.claim(customer.pk, lease=lease)
     assert claimed is not None
     Posting.objects.filter(pk=customer.pk).update(claimed_at=timezone.now() - timedelta(hours=1))
     assert services.sweep_postings()["recovered"] == 1
     customer.refresh_from_db()
     assert customer.state == PostingState.RETRY_SCHEDULED and customer.verify_before_retry
+    assert slots.in_use() == in_use  # the dead worker's slot is back at once, not when its lease expires
     assert PostingAttempt.objects.get(pk=claimed.attempt.pk).outcome == PostingAttempt.Outcome.ABANDONED
     # The presumed-dead worker comes back: its claim is gone, it cannot record a result.
     assert executor._transition(claimed, state=PostingState.POSTED) is False
