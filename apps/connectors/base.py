@@ -34,6 +34,7 @@ OPERATION_VOID_INVOICE = "void_invoice"
 OPERATION_WRITE_OFF = "write_off"
 OPERATION_POST_CREDIT_MEMO = "post_credit_memo"
 OPERATION_REFUND_CREDIT_MEMO = "refund_credit_memo"
+OPERATION_VOID_CREDIT_MEMO = "void_credit_memo"  # carried out by ``void_invoice`` on the credit note
 REFUND_SUFFIX = ":refund"
 # External references of the documents that act on an invoice: the invoice's own plus a suffix.
 VOID_SUFFIX = ":void"

@@ -32,6 +32,7 @@ from apps.connectors.base import (
     OPERATION_POST_CREDIT_MEMO,
     OPERATION_POST_INVOICE,
     OPERATION_REFUND_CREDIT_MEMO,
+    OPERATION_VOID_CREDIT_MEMO,
     OPERATION_VOID_INVOICE,
     OPERATION_WRITE_OFF,
     VOID_SUFFIX,
@@ -355,7 +356,7 @@ class TrytonConnector(ERPConnector):
                 if invoice["state"] in POSTED_STATES:
                     return self._invoice_result(invoice)
             return None
-        if operation == OPERATION_VOID_INVOICE:
+        if operation in (OPERATION_VOID_INVOICE, OPERATION_VOID_CREDIT_MEMO):
             invoice_ref = external_ref.removesuffix(VOID_SUFFIX)
             for invoice in self._find_invoices(invoice_ref):
                 if invoice["state"] == "cancelled":

@@ -290,7 +290,10 @@ def document_facts(posting: Posting) -> dict[str, Any]:
     memo = posting.credit_memo
     if memo is not None:
         on = f" on {facts['document']}" if invoice is not None else ""
-        prefix = "Refund of credit note" if posting.operation == Operation.REFUND_CREDIT_MEMO else "Credit note"
+        prefix = {
+            Operation.REFUND_CREDIT_MEMO: "Refund of credit note",
+            Operation.VOID_CREDIT_MEMO: "Void of credit note",
+        }.get(posting.operation, "Credit note")
         facts["document"] = f"{prefix} {memo.number or memo.source_id}{on}"
         amount = memo.refunded_minor if posting.operation == Operation.REFUND_CREDIT_MEMO else memo.total_minor
         facts["amount"] = f"{to_decimal(amount, memo.currency)} {memo.currency}"

@@ -241,3 +241,15 @@ def refund_document(posting: Posting, memo: CreditMemo) -> RefundDocument:
         number=memo.number,
         correlation_id=posting.correlation_id,
     )
+
+
+def void_credit_memo_document(posting: Posting, memo: CreditMemo) -> VoidDocument:
+    """A credit note is voided the way an invoice is: the connector cancels the ERP document."""
+    return VoidDocument(
+        external_ref=posting.external_ref,
+        invoice_ref=memo.external_ref,
+        invoice_erp_id=_erp_id_of_parent(posting.connection, Operation.POST_CREDIT_MEMO, credit_memo=memo),
+        voided_on=max(memo.status_date or memo.updated_at.date(), memo.memo_date),
+        number=memo.number,
+        correlation_id=posting.correlation_id,
+    )

@@ -45,6 +45,7 @@ from apps.posting.documents import (
     invoice_document,
     payment_document,
     refund_document,
+    void_credit_memo_document,
     void_document,
     write_off_document,
 )
@@ -213,6 +214,9 @@ def _call(connector: ERPConnector, posting: Posting) -> PostResult:
     if posting.operation == Operation.REFUND_CREDIT_MEMO:
         assert posting.credit_memo is not None
         return connector.refund_credit_memo(refund_document(posting, posting.credit_memo))
+    if posting.operation == Operation.VOID_CREDIT_MEMO:
+        assert posting.credit_memo is not None
+        return connector.void_invoice(void_credit_memo_document(posting, posting.credit_memo))
     if posting.operation == Operation.VOID_INVOICE:
         assert posting.invoice is not None
         return connector.void_invoice(void_document(posting, posting.invoice))

@@ -44,6 +44,7 @@ class Operation(models.TextChoices):
     WRITE_OFF = "write_off", "Write off invoice"
     POST_CREDIT_MEMO = "post_credit_memo", "Post credit memo"
     REFUND_CREDIT_MEMO = "refund_credit_memo", "Refund credit memo"
+    VOID_CREDIT_MEMO = "void_credit_memo", "Void credit memo"
 
 
 class ErrorCategory(models.TextChoices):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from django.db import transaction
+from django.db.models import QuerySet
 
 from apps.connectors.base import REFUND_SUFFIX, VOID_SUFFIX, WRITE_OFF_SUFFIX
 from apps.core import audit
@@ -171,33 +172,38 @@ def plan_invoice(invoice: Invoice) -> list[Posting]:
 def plan_void(invoice: Invoice) -> list[Posting]:
     """A voided invoice is cancelled in every ERP its posting went to. One that never reached an
     ERP is not posted at all: a posting still parked or dead for it is skipped, as moot."""
+    postings = Posting.objects.filter(invoice=invoice, operation=Operation.POST_INVOICE)
+    return _plan_voids(postings, Operation.VOID_INVOICE, invoice, "invoice", invoice=invoice)
+
+
+def _plan_voids(
+    document_postings: QuerySet[Posting], operation: str, record: Invoice | CreditMemo, word: str, **document: object
+) -> list[Posting]:
     from apps.posting.services import skip_posting
 
     planned = []
     with transaction.atomic(savepoint=False):
-        invoice_postings = Posting.objects.filter(invoice=invoice, operation=Operation.POST_INVOICE).exclude(
-            state=PostingState.SKIPPED
-        )
-        for connection in ERPConnection.objects.filter(pk__in=invoice_postings.values("connection_id")):
-            latest = invoice_postings.filter(connection=connection).order_by("-revision").first()
+        postings = document_postings.exclude(state=PostingState.SKIPPED)
+        for connection in ERPConnection.objects.filter(pk__in=postings.values("connection_id")):
+            latest = postings.filter(connection=connection).order_by("-revision").first()
             assert latest is not None
             if latest.state in (PostingState.PARKED, PostingState.DEAD):
                 skip_posting(
                     latest.pk,
                     actor=audit.SYSTEM,
-                    reason="Billing voided the invoice before it reached the ERP: there is nothing to post.",
+                    reason=f"Billing voided the {word} before it reached the ERP: there is nothing to post.",
                 )
                 continue
             planned.append(
                 _plan(
                     connection=connection,
-                    operation=Operation.VOID_INVOICE,
-                    source=invoice.source,
-                    source_id=f"{invoice.source_id}{VOID_SUFFIX}",
+                    operation=operation,
+                    source=record.source,
+                    source_id=f"{record.source_id}{VOID_SUFFIX}",
                     revision=1,
                     depends_on_key=latest.idempotency_key,
-                    correlation_id=invoice.correlation_id,
-                    invoice=invoice,
+                    correlation_id=record.correlation_id,
+                    **document,
                 )
             )
     return planned
@@ -278,14 +284,14 @@ def _plan_credit_memo(memo: CreditMemo, invoice: Invoice, connection: ERPConnect
 
 def plan_credit_memo(memo: CreditMemo) -> list[Posting]:
     """Posted to the ERP of the invoice it credits, after that invoice. One whose invoice is not in
-    the ledger yet is planned when the invoice arrives; one voided before it was planned is not
-    posted."""
-    if memo.invoice is None or memo.status != CreditMemo.STATUS_ISSUED:
-        if memo.status == CreditMemo.STATUS_VOID and Posting.objects.filter(credit_memo=memo).exists():
-            log.warning(
-                "credit memo voided after it was planned: voiding it in the ERP is not supported yet",
-                extra={"credit_memo": memo.source_id},
-            )
+    the ledger yet is planned when the invoice arrives. A voided one is cancelled where it was
+    posted, and not posted where it was not."""
+    if memo.status == CreditMemo.STATUS_VOID:
+        postings = Posting.objects.filter(credit_memo=memo, operation=Operation.POST_CREDIT_MEMO)
+        return _plan_voids(
+            postings, Operation.VOID_CREDIT_MEMO, memo, "credit note", credit_memo=memo, invoice=memo.invoice
+        )
+    if memo.invoice is None:
         return []
     with transaction.atomic(savepoint=False):
         return _plan_credit_memo(memo, memo.invoice, route(memo.invoice.legal_entity))

@@ -136,3 +136,24 @@ def test_paid_invoice_then_credit_note_refunded_to_the_card_pays_the_customer_ba
     assert invoice["state"] == "paid"
     assert (credit_note["state"], credit_note["total_amount"]) == ("paid", Decimal("-12.50"))  # paid out
     assert tryton.receivable(customer_ref) == Decimal("0")
+
+
+def test_a_credit_note_voided_in_billing_is_cancelled_in_tryton_and_the_invoice_is_owed_again(
+    client: Client, tryton: Any
+) -> None:
+    obj = new_invoice()
+    deliver(client, se.event("invoice.finalized", obj))
+    memo = se.credit_note(obj, [(0, 900)])
+    deliver(client, se.event("credit_note.created", memo))
+    credit = posted(memo["id"], Operation.POST_CREDIT_MEMO)
+    customer_ref = f"{SOURCE}:{obj['customer']}"
+    assert tryton.receivable(customer_ref) == Decimal("52.50")
+
+    voided = {**memo, "status": "void", "voided_at": memo["created"] + 60}
+    deliver(client, se.event("credit_note.voided", voided))
+    void = posted(f"{memo['id']}:void", Operation.VOID_CREDIT_MEMO)
+
+    assert void.depends_on_key == credit.idempotency_key
+    [credit_note] = tryton.invoices(f"{SOURCE}:{memo['id']}")
+    assert credit_note["state"] == "cancelled"
+    assert tryton.receivable(customer_ref) == Decimal("61.50")
