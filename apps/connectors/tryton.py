@@ -16,11 +16,12 @@ business refusals carried to finance in Tryton's own words.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import itertools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -482,32 +483,38 @@ class TrytonConnector(ERPConnector):
         ]
         self._reconcile(lines)
 
+    @contextlib.contextmanager
+    def _wizard(self, name: str, model: str, ids: list[int]) -> Iterator[Callable[..., Any]]:
+        """A Tryton wizard session on ``ids`` of ``model``, deleted afterwards. Yields
+        ``execute(state, data, writes=...)``."""
+        session_id, _, _ = self.rpc.call(f"{name}.create", [], writes=False)
+        context = {**self.rpc.context, "active_model": model, "active_id": ids[0], "active_ids": ids}
+
+        def execute(state: str, data: dict[str, Any], *, writes: bool) -> Any:
+            return self.rpc.call(
+                f"{name}.execute", [session_id, data, state, context], writes=writes, with_context=False
+            )
+
+        try:
+            yield execute
+        finally:
+            try:
+                self.rpc.call(f"{name}.delete", [session_id], writes=False)
+            except ConnectorError as exc:
+                log.warning("could not delete a Tryton wizard session: %s", exc, extra={"session": session_id})
+
+    @staticmethod
+    def _defaults(view: dict[str, Any] | None) -> dict[str, Any]:
+        """A wizard view's default values, without the dotted keys Tryton adds for display."""
+        return {key: value for key, value in ((view or {}).get("defaults") or {}).items() if "." not in key}
+
     def _reconcile(self, lines: list[int], writeoff: dict[str, Any] | None = None) -> None:
         """Tryton's reconcile-lines wizard; ``writeoff`` (method, date, description) when the
         lines do not balance."""
-        wizard = "wizard.account.move.reconcile_lines"
-        session_id, _, _ = self.rpc.call(f"{wizard}.create", [], writes=False)
-        context = {**self.rpc.context, "active_model": "account.move.line", "active_id": lines[0]}
-        context["active_ids"] = lines
-        try:
-            shown = self.rpc.call(
-                f"{wizard}.execute", [session_id, {}, "start", context], writes=writeoff is None, with_context=False
-            )
+        with self._wizard("wizard.account.move.reconcile_lines", "account.move.line", lines) as execute:
+            shown = execute("start", {}, writes=writeoff is None)
             if writeoff is not None:
-                defaults = (shown.get("view") or {}).get("defaults") or {}
-                values = {key: value for key, value in defaults.items() if "." not in key}
-                values.update(writeoff)
-                self.rpc.call(
-                    f"{wizard}.execute",
-                    [session_id, {"writeoff": values}, "reconcile", context],
-                    writes=True,
-                    with_context=False,
-                )
-        finally:
-            try:
-                self.rpc.call(f"{wizard}.delete", [session_id], writes=False)
-            except ConnectorError as exc:
-                log.warning("could not delete a Tryton wizard session: %s", exc, extra={"session": session_id})
+                execute("reconcile", {"writeoff": {**self._defaults(shown.get("view")), **writeoff}}, writes=True)
 
     def _create_invoice(self, doc: InvoiceDocument | CreditMemoDocument, *, sign: int = 1) -> int:
         currency_id = self._currency_id(doc.currency)
@@ -618,14 +625,7 @@ class TrytonConnector(ERPConnector):
         existing = self._find_payment_line(doc.external_ref)
         if existing is not None:
             return PostResult(str(existing["id"]), doc.external_ref, {"action": "already applied"})
-        method_id = self._lookup_id(
-            "account.invoice.payment.method",
-            "name",
-            doc.payment_journal,
-            code="unknown_payment_journal",
-            message=f"The payment method '{doc.payment_journal}' does not exist in Tryton. Fix the payment journal "
-            "mapping in the hub, then retry.",
-        )
+        method_id = self._payment_method_id(doc.payment_journal)
         amount = to_decimal(doc.amount_minor, doc.currency)
         [invoice] = self._read("account.invoice", [invoice_id], ["state", "amount_to_pay", "number", "currency.code"])
         if invoice["state"] == "paid" or invoice["amount_to_pay"] < amount:
@@ -636,11 +636,7 @@ class TrytonConnector(ERPConnector):
                 f"invoice {invoice_id} state {invoice['state']} amount_to_pay {invoice['amount_to_pay']}",
                 params={"erp_total": str(invoice["amount_to_pay"]), "billing_total": str(amount)},
             )
-        self._run_pay_wizard(invoice_id, amount, method_id, doc.paid_on, doc.external_ref)
-        line = self._find_payment_line(doc.external_ref)
-        if line is None:
-            raise UncertainOutcome(f"the pay wizard finished but no payment line carries {doc.external_ref}")
-        return PostResult(str(line["id"]), doc.external_ref, {"action": "applied"})
+        return self._pay(invoice_id, amount, method_id, doc.paid_on, doc.external_ref)
 
     def refund_credit_memo(self, doc: RefundDocument) -> PostResult:
         """Tryton pays a credit note out with the same pay wizard, for a negative amount: the money
@@ -662,11 +658,7 @@ class TrytonConnector(ERPConnector):
                 f"credit note {credit_id} state {credit['state']} amount_to_pay {credit['amount_to_pay']}",
                 params={"erp_total": str(owed), "billing_total": str(amount)},
             )
-        self._run_pay_wizard(credit_id, -amount, method_id, doc.refunded_on, doc.external_ref)
-        line = self._find_payment_line(doc.external_ref)
-        if line is None:
-            raise UncertainOutcome(f"the pay wizard finished but no payment line carries {doc.external_ref}")
-        return PostResult(str(line["id"]), doc.external_ref, {"action": "refunded"})
+        return self._pay(credit_id, -amount, method_id, doc.refunded_on, doc.external_ref)
 
     def _payment_method_id(self, name: str) -> int:
         return self._lookup_id(
@@ -678,34 +670,22 @@ class TrytonConnector(ERPConnector):
             "mapping in the hub, then retry.",
         )
 
-    def _run_pay_wizard(
-        self, invoice_id: int, amount: Decimal, method_id: int, on: datetime.date, description: str
-    ) -> None:
-        wizard = "wizard.account.invoice.pay"
-        session_id, _, _ = self.rpc.call(f"{wizard}.create", [], writes=False)
-        context = {**self.rpc.context, "active_model": "account.invoice", "active_id": invoice_id}
-        context["active_ids"] = [invoice_id]
-        try:
-            shown = self.rpc.call(
-                f"{wizard}.execute", [session_id, {}, "start", context], writes=False, with_context=False
-            )
-            start = {key: value for key, value in shown["view"]["defaults"].items() if "." not in key}
-            start.update(amount=amount, payment_method=method_id, date=on, description=description)
-            data = {"start": start}
-            result = self.rpc.call(
-                f"{wizard}.execute", [session_id, data, "choice", context], writes=True, with_context=False
-            )
+    def _pay(self, invoice_id: int, amount: Decimal, method_id: int, on: datetime.date, reference: str) -> PostResult:
+        """Run the pay wizard (a partial payment answers its "ask" step) and return the payment
+        line it wrote with ``reference``."""
+        with self._wizard("wizard.account.invoice.pay", "account.invoice", [invoice_id]) as execute:
+            shown = execute("start", {}, writes=False)
+            start = {**self._defaults(shown["view"]), "amount": amount, "payment_method": method_id}
+            data = {"start": {**start, "date": on, "description": reference}}
+            result = execute("choice", data, writes=True)
             view = result.get("view") if isinstance(result, dict) else None
             if view and view.get("state") == "ask":
-                ask = {key: value for key, value in view["defaults"].items() if "." not in key}
-                ask["type"] = "partial"
-                data["ask"] = ask
-                self.rpc.call(f"{wizard}.execute", [session_id, data, "pay", context], writes=True, with_context=False)
-        finally:
-            try:
-                self.rpc.call(f"{wizard}.delete", [session_id], writes=False)
-            except ConnectorError as exc:
-                log.warning("could not delete a Tryton wizard session: %s", exc, extra={"session": session_id})
+                data["ask"] = {**self._defaults(view), "type": "partial"}
+                execute("pay", data, writes=True)
+        line = self._find_payment_line(reference)
+        if line is None:
+            raise UncertainOutcome(f"the pay wizard finished but no payment line carries {reference}")
+        return PostResult(str(line["id"]), reference, {"action": "applied" if amount > 0 else "refunded"})
 
     # -- voids and write-offs -------------------------------------------------------------
 
@@ -747,24 +727,13 @@ class TrytonConnector(ERPConnector):
         return bool(self._ids[key])
 
     def _credit_with_refund(self, invoice_id: int, on: datetime.date) -> None:
-        wizard = "wizard.account.invoice.credit"
-        session_id, _, _ = self.rpc.call(f"{wizard}.create", [], writes=False)
-        context = {**self.rpc.context, "active_model": "account.invoice", "active_id": invoice_id}
-        context["active_ids"] = [invoice_id]
-        try:
-            shown = self.rpc.call(
-                f"{wizard}.execute", [session_id, {}, "start", context], writes=False, with_context=False
+        with self._wizard("wizard.account.invoice.credit", "account.invoice", [invoice_id]) as execute:
+            shown = execute("start", {}, writes=False)
+            execute(
+                "credit",
+                {"start": {**self._defaults(shown["view"]), "with_refund": True, "invoice_date": on}},
+                writes=True,
             )
-            start = {key: value for key, value in shown["view"]["defaults"].items() if "." not in key}
-            start.update(with_refund=True, invoice_date=on)
-            self.rpc.call(
-                f"{wizard}.execute", [session_id, {"start": start}, "credit", context], writes=True, with_context=False
-            )
-        finally:
-            try:
-                self.rpc.call(f"{wizard}.delete", [session_id], writes=False)
-            except ConnectorError as exc:
-                log.warning("could not delete a Tryton wizard session: %s", exc, extra={"session": session_id})
 
     def _void_result(self, invoice: dict[str, Any]) -> PostResult:
         return PostResult(str(invoice["id"]), invoice.get("number") or "", {"action": "cancelled"})

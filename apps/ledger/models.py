@@ -9,6 +9,8 @@ idempotency key.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db import models
 
 from apps.core.money import Money, exponent_for
@@ -26,6 +28,15 @@ class LegalEntity(models.Model):
 
     def __str__(self) -> str:
         return f"{self.code} {self.name}"
+
+
+def totals_reconcile(document: Any, lines: list[Any]) -> bool:
+    """The lines add up to the subtotal and the tax, and those to the total (invoice or credit)."""
+    return bool(
+        sum(line.amount_minor for line in lines) == document.subtotal_minor
+        and sum(line.tax_minor for line in lines) == document.tax_minor
+        and document.subtotal_minor + document.tax_minor == document.total_minor
+    )
 
 
 class SourceRecord(models.Model):
@@ -131,12 +142,7 @@ class Invoice(SourceRecord):
         return Money(self.total_minor, self.currency)
 
     def totals_reconcile(self) -> bool:
-        lines = list(self.lines.all())
-        return (
-            sum(line.amount_minor for line in lines) == self.subtotal_minor
-            and sum(line.tax_minor for line in lines) == self.tax_minor
-            and self.subtotal_minor + self.tax_minor == self.total_minor
-        )
+        return totals_reconcile(self, list(self.lines.all()))
 
     def save(self, *args: object, **kwargs: object) -> None:
         self.currency_exponent = exponent_for(self.currency)
@@ -233,12 +239,7 @@ class CreditMemo(SourceRecord):
         return self.number or self.source_id
 
     def totals_reconcile(self) -> bool:
-        lines = list(self.lines.all())
-        return (
-            sum(line.amount_minor for line in lines) == self.subtotal_minor
-            and sum(line.tax_minor for line in lines) == self.tax_minor
-            and self.subtotal_minor + self.tax_minor == self.total_minor
-        )
+        return totals_reconcile(self, list(self.lines.all()))
 
 
 class CreditMemoLine(models.Model):

@@ -74,12 +74,15 @@ def _mapped(connection: ERPConnection, kind: str, keys: list[str], what: str) ->
         ) from exc
 
 
-def _line_document(connection: ERPConnection, line: InvoiceLine) -> InvoiceLineDocument:
-    product = line.product
-    keys = [line.price_id, product.source_id if product else "", product.revenue_category if product else ""]
-    what = f"'{product.name}' ({product.source_id})" if product else f"line '{line.description}'"
-    revenue_account = _mapped(connection, Mapping.KIND_REVENUE_ACCOUNT, keys, what)
-    tax_code = _mapped(connection, Mapping.KIND_TAX_CODE, keys, what) if line.tax_minor else ""
+def _line_document(
+    connection: ERPConnection, line: InvoiceLine | CreditMemoLine, priced_by: InvoiceLine | None, label: str = "line"
+) -> InvoiceLineDocument:
+    """``priced_by``: the invoice line whose price and product choose the revenue account and tax
+    (the line itself, or the invoice line a credit line credits; None for a custom credit)."""
+    product = priced_by.product if priced_by else None
+    keys = [priced_by.price_id if priced_by else "", product.source_id if product else ""]
+    keys.append(product.revenue_category if product else "")
+    what = f"'{product.name}' ({product.source_id})" if product else f"{label} '{line.description}'"
     quantity, unit = line.quantity, line.unit_amount_minor
     description = line.description
     if quantity * unit != line.amount_minor:
@@ -92,11 +95,11 @@ def _line_document(connection: ERPConnection, line: InvoiceLine) -> InvoiceLineD
         quantity=quantity,
         unit_amount_minor=unit,
         amount_minor=line.amount_minor,
-        revenue_account=revenue_account,
-        tax_code=tax_code,
+        revenue_account=_mapped(connection, Mapping.KIND_REVENUE_ACCOUNT, keys, what),
+        tax_code=_mapped(connection, Mapping.KIND_TAX_CODE, keys, what) if line.tax_minor else "",
         tax_minor=line.tax_minor,
-        period_start=line.period_start,
-        period_end=line.period_end,
+        period_start=getattr(line, "period_start", None),
+        period_end=getattr(line, "period_end", None),
     )
 
 
@@ -110,7 +113,7 @@ def invoice_document(posting: Posting, invoice: Invoice) -> InvoiceDocument:
         currency=invoice.currency,
         invoice_date=invoice.invoice_date,
         due_date=invoice.due_date,
-        lines=tuple(_line_document(posting.connection, line) for line in invoice.lines.select_related("product")),
+        lines=tuple(_line_document(posting.connection, line, line) for line in invoice.lines.select_related("product")),
         subtotal_minor=invoice.subtotal_minor,
         tax_minor=invoice.tax_minor,
         total_minor=invoice.total_minor,
@@ -185,26 +188,7 @@ def _credit_line_document(connection: ERPConnection, line: CreditMemoLine, invoi
         if line.invoice_line_source_id
         else None
     )
-    product = credited.product if credited else None
-    keys = [
-        credited.price_id if credited else "",
-        product.source_id if product else "",
-        product.revenue_category if product else "",
-    ]
-    what = f"'{product.name}' ({product.source_id})" if product else f"credit line '{line.description}'"
-    quantity, unit, description = line.quantity, line.unit_amount_minor, line.description
-    if quantity * unit != line.amount_minor:
-        description = f"{description} (quantity {quantity.normalize()})"
-        quantity, unit = type(quantity)(1), line.amount_minor
-    return InvoiceLineDocument(
-        description=description,
-        quantity=quantity,
-        unit_amount_minor=unit,
-        amount_minor=line.amount_minor,
-        revenue_account=_mapped(connection, Mapping.KIND_REVENUE_ACCOUNT, keys, what),
-        tax_code=_mapped(connection, Mapping.KIND_TAX_CODE, keys, what) if line.tax_minor else "",
-        tax_minor=line.tax_minor,
-    )
+    return _line_document(connection, line, credited, label="credit line")
 
 
 def credit_memo_document(posting: Posting, memo: CreditMemo) -> CreditMemoDocument:
