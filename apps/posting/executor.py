@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -198,32 +199,27 @@ def release_waiting(parent_key: str) -> list[int]:
     return released
 
 
+# Operation → (the posting's record the document is built from, the builder, the connector method).
+_OPERATIONS: dict[str, tuple[str, Callable[[Posting, Any], Any], str]] = {
+    Operation.ENSURE_CUSTOMER: ("customer", lambda _, customer: customer_document(customer), "ensure_customer"),
+    Operation.POST_INVOICE: ("invoice", invoice_document, "post_invoice"),
+    Operation.APPLY_PAYMENT: ("payment_application", payment_document, "apply_payment"),
+    Operation.POST_CREDIT_MEMO: ("credit_memo", credit_memo_document, "post_credit_memo"),
+    Operation.REFUND_CREDIT_MEMO: ("credit_memo", refund_document, "refund_credit_memo"),
+    Operation.VOID_CREDIT_MEMO: ("credit_memo", void_credit_memo_document, "void_invoice"),
+    Operation.VOID_INVOICE: ("invoice", void_document, "void_invoice"),
+    Operation.WRITE_OFF: ("invoice", write_off_document, "write_off"),
+}
+
+
 def _call(connector: ERPConnector, posting: Posting) -> PostResult:
-    if posting.operation == Operation.ENSURE_CUSTOMER:
-        assert posting.customer is not None
-        return connector.ensure_customer(customer_document(posting.customer))
-    if posting.operation == Operation.POST_INVOICE:
-        assert posting.invoice is not None
-        return connector.post_invoice(invoice_document(posting, posting.invoice))
-    if posting.operation == Operation.APPLY_PAYMENT:
-        assert posting.payment_application is not None
-        return connector.apply_payment(payment_document(posting, posting.payment_application))
-    if posting.operation == Operation.POST_CREDIT_MEMO:
-        assert posting.credit_memo is not None
-        return connector.post_credit_memo(credit_memo_document(posting, posting.credit_memo))
-    if posting.operation == Operation.REFUND_CREDIT_MEMO:
-        assert posting.credit_memo is not None
-        return connector.refund_credit_memo(refund_document(posting, posting.credit_memo))
-    if posting.operation == Operation.VOID_CREDIT_MEMO:
-        assert posting.credit_memo is not None
-        return connector.void_invoice(void_credit_memo_document(posting, posting.credit_memo))
-    if posting.operation == Operation.VOID_INVOICE:
-        assert posting.invoice is not None
-        return connector.void_invoice(void_document(posting, posting.invoice))
-    if posting.operation == Operation.WRITE_OFF:
-        assert posting.invoice is not None
-        return connector.write_off(write_off_document(posting, posting.invoice))
-    raise ConfigurationError(f"unknown operation {posting.operation}")
+    if posting.operation not in _OPERATIONS:
+        raise ConfigurationError(f"unknown operation {posting.operation}")
+    record_field, build, method = _OPERATIONS[posting.operation]
+    record = getattr(posting, record_field)
+    if record is None:
+        raise ConfigurationError(f"posting {posting.pk} ({posting.operation}) has no {record_field}")
+    return getattr(connector, method)(build(posting, record))  # type: ignore[no-any-return]
 
 
 def _connector_for(posting: Posting) -> ERPConnector:
