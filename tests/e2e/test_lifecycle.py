@@ -157,3 +157,22 @@ def test_a_credit_note_voided_in_billing_is_cancelled_in_tryton_and_the_invoice_
     [credit_note] = tryton.invoices(f"{SOURCE}:{memo['id']}")
     assert credit_note["state"] == "cancelled"
     assert tryton.receivable(customer_ref) == Decimal("61.50")
+
+
+def test_invoice_then_two_partial_payments_settle_it(client: Client, tryton: Any) -> None:
+    obj = new_invoice()
+    deliver(client, se.event("invoice.finalized", obj))
+    first = se.payment_intent(obj["customer"], obj["id"], 2000)
+    deliver(client, se.event("payment_intent.succeeded", first))
+    posted(f"{first['id']}:{obj['id']}", Operation.APPLY_PAYMENT)
+    customer_ref = f"{SOURCE}:{obj['customer']}"
+    [invoice] = tryton.invoices(f"{SOURCE}:{obj['id']}")
+    assert (invoice["state"], invoice["amount_to_pay"]) == ("posted", Decimal("41.50"))
+    assert tryton.receivable(customer_ref) == Decimal("41.50")
+
+    second = se.payment_intent(obj["customer"], obj["id"], 4150)
+    deliver(client, se.event("payment_intent.succeeded", second))
+    posted(f"{second['id']}:{obj['id']}", Operation.APPLY_PAYMENT)
+    [invoice] = tryton.invoices(f"{SOURCE}:{obj['id']}")
+    assert (invoice["state"], invoice["amount_to_pay"]) == ("paid", Decimal("0"))
+    assert tryton.receivable(customer_ref) == Decimal("0")
