@@ -21,6 +21,8 @@ VIEWABLE = [
     "ledger.invoiceline",
     "ledger.payment",
     "ledger.paymentapplication",
+    "ledger.creditmemo",
+    "ledger.creditmemoline",
     "ingest.inboxevent",
     "routing.erpconnection",
     "routing.routingrule",

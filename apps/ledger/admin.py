@@ -2,7 +2,17 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from apps.ledger.models import Customer, Invoice, InvoiceLine, LegalEntity, Payment, PaymentApplication, Product
+from apps.ledger.models import (
+    CreditMemo,
+    CreditMemoLine,
+    Customer,
+    Invoice,
+    InvoiceLine,
+    LegalEntity,
+    Payment,
+    PaymentApplication,
+    Product,
+)
 
 
 class ReadOnlyFromBilling(admin.ModelAdmin):
@@ -78,3 +88,20 @@ class PaymentAdmin(ReadOnlyFromBilling):
     list_filter = ("source", "method", "currency")
     search_fields = ("source_id", "customer__name", "correlation_id")
     inlines = [PaymentApplicationInline]
+
+
+class CreditMemoLineInline(admin.TabularInline):
+    model = CreditMemoLine
+    extra = 0
+    can_delete = False
+    fields = ("position", "description", "invoice_line_source_id", "quantity", "amount_minor", "tax_minor")
+    readonly_fields = fields
+
+
+@admin.register(CreditMemo)
+class CreditMemoAdmin(ReadOnlyFromBilling):
+    list_display = ("number", "source_id", "invoice", "customer", "status", "currency", "total_minor", "memo_date")
+    list_filter = ("status", "source", "currency")
+    search_fields = ("number", "source_id", "invoice_source_id", "customer__name", "correlation_id")
+    list_select_related = ("invoice", "customer")
+    inlines = [CreditMemoLineInline]
