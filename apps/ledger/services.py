@@ -69,6 +69,7 @@ def upsert_customer(
             return Upserted(customer, created=True, changed=True)
 
         before = _snapshot(customer, _CUSTOMER_FIELDS)
+        bookkeeping = (customer.source_version, customer.authoritative, customer.legal_entity_id)
         if data.snapshot:
             # Invoice snapshots only fill what the customer object has not told us.
             for name in _CUSTOMER_FIELDS:
@@ -90,7 +91,9 @@ def upsert_customer(
             customer.legal_entity = legal_entity
         after = _snapshot(customer, _CUSTOMER_FIELDS)
         if after == before:
-            customer.save(update_fields=["source_version", "authoritative", "legal_entity", "updated_at"])
+            # Most invoice events repeat a customer snapshot the ledger already holds: no write.
+            if (customer.source_version, customer.authoritative, customer.legal_entity_id) != bookkeeping:
+                customer.save(update_fields=["source_version", "authoritative", "legal_entity", "updated_at"])
             return Upserted(customer, created=False, changed=False)
         if any(before[f] != after[f] for f in _CUSTOMER_ERP_FIELDS):
             customer.revision += 1

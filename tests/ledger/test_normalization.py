@@ -110,6 +110,16 @@ def test_invoice_snapshot_does_not_overwrite_the_customer_object(client: Client)
     assert Customer.objects.get(source_id=customer_id).name == "Initech GmbH"
 
 
+def test_an_invoice_repeating_a_known_customer_snapshot_does_not_rewrite_the_customer(client: Client) -> None:
+    customer_id = se.uid("cus")
+    receive(client, se.event("invoice.finalized", se.invoice(customer_id, [se.line(100)]), created=2_000_000_000))
+    first = Customer.objects.get(source_id=customer_id)
+    receive(client, se.event("invoice.finalized", se.invoice(customer_id, [se.line(200)]), created=2_000_000_100))
+    again = Customer.objects.get(source_id=customer_id)
+    assert again.updated_at == first.updated_at and again.revision == first.revision == 1
+    assert Invoice.objects.filter(customer=again).count() == 2
+
+
 def test_an_invoice_that_does_not_add_up_is_parked_for_finance(client: Client) -> None:
     obj = se.invoice(se.uid("cus"), [se.line(1000)])
     obj["total"] = 1100
