@@ -344,7 +344,7 @@ class TrytonConnector(ERPConnector):
         if operation == OPERATION_ENSURE_CUSTOMER:
             party = self._find_party(external_ref)
             return PostResult(str(party["id"]), external_ref) if party else None
-        if operation == OPERATION_POST_INVOICE:
+        if operation in (OPERATION_POST_INVOICE, OPERATION_POST_CREDIT_MEMO):
             for invoice in self._find_invoices(external_ref):
                 if invoice["state"] in POSTED_STATES:
                     return self._invoice_result(invoice)
@@ -352,11 +352,6 @@ class TrytonConnector(ERPConnector):
         if operation in (OPERATION_APPLY_PAYMENT, OPERATION_REFUND_CREDIT_MEMO):
             line = self._find_payment_line(external_ref)
             return PostResult(str(line["id"]), external_ref) if line else None
-        if operation == OPERATION_POST_CREDIT_MEMO:
-            for invoice in self._find_invoices(external_ref):
-                if invoice["state"] in POSTED_STATES:
-                    return self._invoice_result(invoice)
-            return None
         if operation in (OPERATION_VOID_INVOICE, OPERATION_VOID_CREDIT_MEMO):
             invoice_ref = external_ref.removesuffix(VOID_SUFFIX)
             for invoice in self._find_invoices(invoice_ref):
@@ -475,13 +470,13 @@ class TrytonConnector(ERPConnector):
             return  # already settled (a retry), or nothing to settle
         if invoice["amount_to_pay"] != -credit["amount_to_pay"]:
             return  # a partial credit: the customer's balance is right, the invoice stays open
-        candidates = [*invoice["lines_to_pay"], *invoice["payment_lines"], *credit["lines_to_pay"]]
-        lines = [
-            int(row["id"])
-            for row in self._read("account.move.line", candidates, ["id", "reconciliation"])
-            if not row.get("reconciliation")
-        ]
-        self._reconcile(lines)
+        self._reconcile(
+            self._unreconciled(*invoice["lines_to_pay"], *invoice["payment_lines"], *credit["lines_to_pay"])
+        )
+
+    def _unreconciled(self, *line_ids: int) -> list[int]:
+        rows = self._read("account.move.line", list(line_ids), ["id", "reconciliation"])
+        return [int(row["id"]) for row in rows if not row.get("reconciliation")]
 
     @contextlib.contextmanager
     def _wizard(self, name: str, model: str, ids: list[int]) -> Iterator[Callable[..., Any]]:
@@ -708,9 +703,8 @@ class TrytonConnector(ERPConnector):
                 f"invoice {invoice_id} state {invoice['state']} payment_lines {invoice['payment_lines']}",
                 params={"erp_number": str(invoice["number"])},
             )
-        if invoice["state"] != "posted":
-            self.rpc.call("model.account.invoice.cancel", [[invoice_id]], writes=True)  # a draft: nothing to undo
-        elif self._company_cancels_posted_invoices(int(invoice["company"])):
+        if invoice["state"] != "posted" or self._company_cancels_posted_invoices(int(invoice["company"])):
+            # a draft has nothing to undo; a posted one is cancelled where the company allows it
             self.rpc.call("model.account.invoice.cancel", [[invoice_id]], writes=True)
         else:
             self._credit_with_refund(invoice_id, doc.voided_on)
@@ -773,14 +767,9 @@ class TrytonConnector(ERPConnector):
             message=f"The write-off method '{doc.write_off_method}' does not exist in Tryton. Fix the write-off "
             "method mapping in the hub (or create the method in Tryton), then retry.",
         )
-        candidates = [*invoice["lines_to_pay"], *invoice["payment_lines"]]
-        lines = [
-            int(row["id"])
-            for row in self._read("account.move.line", candidates, ["id", "reconciliation"])
-            if not row.get("reconciliation")
-        ]
         self._reconcile(
-            lines, writeoff={"writeoff": method_id, "date": doc.written_off_on, "description": doc.external_ref}
+            self._unreconciled(*invoice["lines_to_pay"], *invoice["payment_lines"]),
+            writeoff={"writeoff": method_id, "date": doc.written_off_on, "description": doc.external_ref},
         )
         move = self._find_write_off_move(doc.external_ref)
         if move is None:

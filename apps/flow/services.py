@@ -235,8 +235,8 @@ def cancel_window(window: MaintenanceWindow, *, actor: str, reason: str = "") ->
         return release_holds(connection, (HOLD_MAINTENANCE,))
 
 
-def _still_holding(connection: ERPConnection, now: datetime) -> set[str]:
-    flow = flow_for(connection)
+def _still_holding(connection: ERPConnection, now: datetime, flow: ConnectionFlow | None = None) -> set[str]:
+    flow = flow or flow_for(connection)
     holding = set()
     if flow.paused:
         holding.add(HOLD_PAUSED)
@@ -285,7 +285,7 @@ def sweep_holds(now: datetime | None = None) -> int:
         # for one lost with a killed worker: overdue by a whole probe period.
         overdue = now - timedelta(seconds=flow.probe_after_seconds)
         probe_due = flow.next_probe_at is None or flow.next_probe_at <= overdue
-        if _still_holding(connection, now) == {HOLD_CIRCUIT} and probe_due:
+        if _still_holding(connection, now, flow) == {HOLD_CIRCUIT} and probe_due:
             probe = (
                 held.filter(connection=connection, error_code=HOLD_CIRCUIT)
                 .order_by("created_at", "pk")

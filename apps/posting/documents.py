@@ -143,9 +143,10 @@ def payment_document(posting: Posting, application: PaymentApplication) -> Payme
     )
 
 
-def _status_date(invoice: Invoice) -> date:
-    """The day billing changed the invoice's status, never before the invoice itself."""
-    return max(invoice.status_date or invoice.updated_at.date(), invoice.invoice_date)
+def _status_date(record: Invoice | CreditMemo) -> date:
+    """The day billing changed the document's status, never before the document's own date."""
+    own = record.invoice_date if isinstance(record, Invoice) else record.memo_date
+    return max(record.status_date or record.updated_at.date(), own)
 
 
 def void_document(posting: Posting, invoice: Invoice) -> VoidDocument:
@@ -233,7 +234,7 @@ def void_credit_memo_document(posting: Posting, memo: CreditMemo) -> VoidDocumen
         external_ref=posting.external_ref,
         invoice_ref=memo.external_ref,
         invoice_erp_id=_erp_id_of_parent(posting.connection, Operation.POST_CREDIT_MEMO, credit_memo=memo),
-        voided_on=max(memo.status_date or memo.updated_at.date(), memo.memo_date),
+        voided_on=_status_date(memo),
         number=memo.number,
         correlation_id=posting.correlation_id,
     )
