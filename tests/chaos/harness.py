@@ -103,6 +103,17 @@ class DeliveryLog:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+_sessions = threading.local()
+
+
+def _session() -> requests.Session:
+    """One HTTP session per sender thread: connections are kept alive, as Stripe's senders do."""
+    session = getattr(_sessions, "session", None)
+    if session is None:
+        session = _sessions.session = requests.Session()
+    return session
+
+
 def send(url: str, delivery: Delivery, secret: str, log: DeliveryLog) -> None:
     event = delivery.event
     body = json.dumps(event).encode()
@@ -120,7 +131,7 @@ def send(url: str, delivery: Delivery, secret: str, log: DeliveryLog) -> None:
         status = 0
         for attempt in range(6):  # Stripe retries what was not answered 2xx or 4xx
             try:
-                status = requests.post(
+                status = _session().post(
                     url,
                     data=body,
                     timeout=30,

@@ -76,12 +76,31 @@ class Run:
             HUB_POSTING_MAX_ATTEMPTS="20",
             HUB_BACKOFF_BASE="0.2",
             HUB_BACKOFF_MAX="3",
+            # Long-lived processes keep their database connection (Celery closes obsolete ones around
+            # each task): a new PostgreSQL session per task cost more CPU than the task itself.
+            DATABASE_CONN_MAX_AGE="60",
             **env,
         )
         self.tmp_path = tmp_path
         self.port = free_port()
+        # gunicorn, as deployed: threads that live as long as the process, so each keeps its
+        # connection, and HTTP keep-alive for the senders.
         self.web = Process(
-            ["manage.py", "runserver", f"127.0.0.1:{self.port}", "--noreload"], self.env, tmp_path / "web.log"
+            [
+                "-m",
+                "gunicorn",
+                "integration_hub.wsgi",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                "2",
+                "--worker-class",
+                "gthread",
+                "--threads",
+                "4",
+            ],
+            self.env,
+            tmp_path / "web.log",
         )
         self.beat = Process(
             ["-m", "celery", "-A", "integration_hub", "beat", "-l", "info", "-s", str(tmp_path / "beat")],
