@@ -130,7 +130,10 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Integration hub API",
-    "DESCRIPTION": "Flow control per ERP connection: state, pause and resume, circuit, maintenance windows.",
+    "DESCRIPTION": (
+        "The canonical events API for billing engines without an adapter (with its JSON Schemas), and flow "
+        "control per ERP connection: state, pause and resume, circuit, maintenance windows."
+    ),
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
@@ -206,6 +209,9 @@ HUB = {
     # Largest webhook body accepted; Stripe events are far below this.
     "WEBHOOK_MAX_BYTES": int(os.environ.get("HUB_WEBHOOK_MAX_BYTES", str(512 * 1024))),
     "STRIPE_SIGNATURE_TOLERANCE_SECONDS": int(os.environ.get("HUB_STRIPE_TOLERANCE", "300")),
+    # Signed requests older than this (or this far in the future) are refused as replays: the
+    # canonical API's HMAC signature and the engines whose signatures carry a timestamp.
+    "SIGNATURE_TOLERANCE_SECONDS": int(os.environ.get("HUB_SIGNATURE_TOLERANCE", "300")),
     "POSTING_MAX_ATTEMPTS": int(os.environ.get("HUB_POSTING_MAX_ATTEMPTS", "8")),
     "POSTING_BACKOFF_BASE_SECONDS": float(os.environ.get("HUB_BACKOFF_BASE", "2")),
     "POSTING_BACKOFF_MAX_SECONDS": float(os.environ.get("HUB_BACKOFF_MAX", "900")),

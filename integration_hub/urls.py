@@ -11,5 +11,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     # The versioned REST API; apps/flow/api.py documents authentication and permissions.
     path("api/v1/", include("apps.flow.api")),
+    path("api/v1/", include("apps.ingest.api")),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),
 ]

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 from celery import current_app
 from django.conf import settings
@@ -23,14 +22,13 @@ from apps.ledger.commands import CreditMemoData, CustomerData, InvoiceData, Ledg
 from apps.ledger.models import CreditMemo, Customer, Invoice, Payment
 from apps.posting import planner
 from apps.routing.services import NoRoute
-from apps.sources import stripe as stripe_source
-from apps.sources.base import IgnoredEvent, InvalidPayload
+from apps.sources.base import Envelope, IgnoredEvent, InvalidPayload
 from apps.sources.models import BillingSource
+from apps.sources.registry import adapter_for
 
 log = logging.getLogger(__name__)
 
 NORMALIZE_TASK = "ingest.normalize_event"
-_KEPT_HEADERS = ("Content-Type", "User-Agent", "Stripe-Signature", "X-Correlation-ID")
 
 
 class UnknownSource(LookupError):
@@ -50,26 +48,24 @@ def active_source(name: str) -> BillingSource:
     return source
 
 
-def verify(source: BillingSource, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
-    """Raises SignatureError or InvalidPayload; returns the parsed envelope."""
-    tolerance = settings.HUB["STRIPE_SIGNATURE_TOLERANCE_SECONDS"]
-    stripe_source.verify_signature(
-        body, headers.get(stripe_source.SIGNATURE_HEADER), secrets.resolve_optional(source.webhook_secrets), tolerance
-    )
-    return stripe_source.parse_envelope(body)
+def verify(source: BillingSource, body: bytes, headers: Mapping[str, str]) -> Envelope:
+    """Raises SignatureError or InvalidPayload; returns what the inbox stores the event under."""
+    lowered = {key.lower(): value for key, value in headers.items()}
+    return adapter_for(source.kind).verify(body, lowered, secrets.resolve_optional(source.webhook_secrets))
 
 
-def store_event(source: BillingSource, envelope: dict[str, Any], body: bytes, headers: dict[str, str]) -> Receipt:
+def store_event(source: BillingSource, envelope: Envelope, body: bytes, headers: Mapping[str, str]) -> Receipt:
     """Store first, answer later. A database failure propagates (the view answers 5xx)."""
-    event_id = str(envelope["id"])
+    event_id = envelope.event_id
+    kept = adapter_for(source.kind).kept_headers
     try:
         with transaction.atomic():
             event = InboxEvent.objects.create(
                 source=source.name,
                 event_id=event_id,
-                event_type=str(envelope["type"])[:128],
-                object_id=str(envelope["data"]["object"].get("id") or "")[:255],
-                headers={key: headers[key] for key in _KEPT_HEADERS if key in headers},
+                event_type=envelope.event_type[:128],
+                object_id=envelope.object_id[:255],
+                headers={key: value for key, value in headers.items() if key.lower() in kept},
                 body=body.decode("utf-8"),
                 correlation_id=get_correlation_id(),
             )
@@ -133,9 +129,9 @@ def normalize_event(inbox_event_id: int) -> str:
             try:
                 if source is None:
                     raise InvalidPayload(f"The billing source '{event.source}' no longer exists.")
-                envelope = json.loads(event.body)
+                commands = adapter_for(source.kind).parse(event.body.encode("utf-8"))
                 with transaction.atomic():
-                    for command in stripe_source.parse_event(envelope):
+                    for command in commands:
                         _apply(source, command, event.correlation_id)
             except IgnoredEvent as exc:
                 return _finish(event, InboxStatus.IGNORED, str(exc))

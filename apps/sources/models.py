@@ -9,9 +9,16 @@ class BillingSource(models.Model):
     """One billing engine account (for Stripe: one account, i.e. one subsidiary) sending webhooks."""
 
     KIND_STRIPE = "stripe"
-    KIND_CHOICES = [(KIND_STRIPE, "Stripe")]
+    KIND_CANONICAL = "canonical"
+    # One per adapter in apps/sources/registry.py.
+    KIND_CHOICES = [(KIND_STRIPE, "Stripe"), (KIND_CANONICAL, "Canonical events API")]
 
-    name = models.SlugField(max_length=64, unique=True, help_text="Appears in the webhook URL: /webhooks/<name>/")
+    name = models.SlugField(
+        max_length=64,
+        unique=True,
+        help_text="Appears in the URL events are sent to: /webhooks/<name>/, or "
+        "/api/v1/sources/<name>/events/ for the canonical events API.",
+    )
     kind = models.CharField(max_length=32, choices=KIND_CHOICES)
     legal_entity = models.ForeignKey(
         LegalEntity, on_delete=models.PROTECT, help_text="The legal entity this billing account invoices for."

@@ -8,11 +8,13 @@ invoice.total_taxes, line.pricing.price_details, line.taxes).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import stripe
+from django.conf import settings
 
 from apps.core.money import CurrencyError, normalize_currency
 from apps.ledger.commands import (
@@ -25,7 +27,7 @@ from apps.ledger.commands import (
     PaymentApplicationData,
     PaymentData,
 )
-from apps.sources.base import IgnoredEvent, InvalidPayload, SignatureError
+from apps.sources.base import Envelope, IgnoredEvent, InvalidPayload, SignatureError, SourceAdapter
 
 SIGNATURE_HEADER = "Stripe-Signature"
 
@@ -367,3 +369,20 @@ def parse_event(event: dict[str, Any]) -> list[LedgerCommand]:
     if event_type in CREDIT_NOTE_EVENTS:
         return [credit_memo_from_object(obj, version)]
     raise IgnoredEvent(f"Stripe event type {event_type} is not posted by this hub version.")
+
+
+class StripeAdapter(SourceAdapter):
+    kind = "stripe"
+    label = "Stripe"
+    kept_headers = ("content-type", "user-agent", "stripe-signature", "x-correlation-id")
+
+    def verify(self, body: bytes, headers: Mapping[str, str], secrets: list[str]) -> Envelope:
+        tolerance = settings.HUB["STRIPE_SIGNATURE_TOLERANCE_SECONDS"]
+        verify_signature(body, headers.get(SIGNATURE_HEADER.lower()), secrets, tolerance)
+        event = parse_envelope(body)
+        return Envelope(
+            event_id=str(event["id"]), event_type=str(event["type"]), object_id=_id(event["data"]["object"])
+        )
+
+    def parse(self, body: bytes) -> list[LedgerCommand]:
+        return parse_event(json.loads(body))
