@@ -131,12 +131,16 @@ def send(url: str, delivery: Delivery, secret: str, log: DeliveryLog) -> None:
         status = 0
         for attempt in range(6):  # Stripe retries what was not answered 2xx or 4xx
             try:
-                status = _session().post(
-                    url,
-                    data=body,
-                    timeout=30,
-                    headers={"Content-Type": "application/json", "Stripe-Signature": signature},
-                ).status_code
+                status = (
+                    _session()
+                    .post(
+                        url,
+                        data=body,
+                        timeout=30,
+                        headers={"Content-Type": "application/json", "Stripe-Signature": signature},
+                    )
+                    .status_code
+                )
             except requests.ConnectionError:
                 status = 0
             if 200 <= status < 500:

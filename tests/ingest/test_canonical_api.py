@@ -92,7 +92,9 @@ def test_a_missing_field_is_refused_with_400_naming_it_and_nothing_is_stored(cli
 def test_an_unknown_schema_version_is_refused_naming_the_versions_there_are(client: Client) -> None:
     response = send(client, {**invoice_event(), "schema_version": 2})
     assert response.status_code == 400
-    assert response.json()["errors"] == ["schema_version: invoice has no schema version 2; the published versions are 1"]
+    assert response.json()["errors"] == [
+        "schema_version: invoice has no schema version 2; the published versions are 1"
+    ]
 
 
 def test_totals_that_do_not_add_up_are_refused_before_storing(client: Client) -> None:
