@@ -1,0 +1,119 @@
+"""The lifecycle worked examples again, sent through the canonical events API instead of Stripe
+webhooks: the real Tryton must end with the same documents and the same receivable."""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from apps.posting.models import Operation, Posting
+from apps.sources import canonical_samples as cs
+from tests.e2e.test_lifecycle import billing_receivable, posted
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("worker")]
+
+SOURCE = "billing-api"
+SECRET = os.environ["HUB_CANONICAL_API_SECRET"]
+
+
+def send(client: Client, kind: str, data: dict[str, Any], *, key: str | None = None) -> None:
+    body = cs.body(kind, data)
+    key = key or f"{data['id']}-{data['revision']}"
+    response = client.post(
+        f"/api/v1/sources/{SOURCE}/events/",
+        data=body,
+        content_type="application/json",
+        HTTP_IDEMPOTENCY_KEY=key,
+        HTTP_X_HUB_SIGNATURE=cs.headers(body, SECRET, key)["X-Hub-Signature"],
+    )
+    assert response.status_code == 202, response.content
+
+
+def new_invoice() -> dict[str, Any]:
+    return cs.invoice(
+        cs.uid("cus"),
+        [
+            cs.line(4900, description="Pro plan (monthly)"),
+            cs.line(1250, quantity=5, description="API calls", product="prod_usage_api_calls", price="price_api"),
+        ],
+    )
+
+
+def test_invoice_then_two_partial_payments_settle_it(client: Client, tryton: Any) -> None:
+    obj = new_invoice()
+    send(client, "invoice", obj)
+    send(client, "invoice", obj)  # a retry under the same key: still one invoice
+    posted(obj["id"], Operation.POST_INVOICE)
+    customer_id = obj["customer"]["id"]
+    customer_ref = f"{SOURCE}:{customer_id}"
+    [party] = tryton.parties(customer_ref)
+    assert party["name"] == "ACME Corp"
+    lines = sorted(
+        (line["amount"], line["account_code"])
+        for line in tryton.invoice_lines(tryton.invoices(f"{SOURCE}:{obj['id']}")[0]["id"])
+    )
+    assert lines == [(Decimal("12.50"), "4100"), (Decimal("49.00"), "4000")]
+    assert tryton.receivable(customer_ref) == Decimal("61.50") == billing_receivable(customer_id)
+
+    first = cs.payment(customer_id, [(obj["id"], 2000)])
+    send(client, "payment", first)
+    posted(f"{first['id']}:{obj['id']}", Operation.APPLY_PAYMENT)
+    assert tryton.receivable(customer_ref) == Decimal("41.50")
+
+    second = cs.payment(customer_id, [(obj["id"], 4150)])
+    send(client, "payment", second)
+    send(client, "invoice", cs.changed(obj, status="paid", amount_paid_minor=6150))
+    posted(f"{second['id']}:{obj['id']}", Operation.APPLY_PAYMENT)
+    [invoice] = tryton.invoices(f"{SOURCE}:{obj['id']}")
+    assert (invoice["state"], invoice["amount_to_pay"]) == ("paid", Decimal("0"))
+    assert tryton.receivable(customer_ref) == Decimal("0") == billing_receivable(customer_id)
+
+
+def test_paid_invoice_then_credit_memo_refunded_pays_the_customer_back(client: Client, tryton: Any) -> None:
+    obj = new_invoice()
+    send(client, "invoice", obj)
+    pay = cs.payment(obj["customer"]["id"], [(obj["id"], 6150)])
+    send(client, "payment", pay)
+    send(client, "invoice", cs.changed(obj, status="paid", amount_paid_minor=6150))
+    memo = cs.credit_memo(obj, [(1, 1250)], refunded=1250)
+    send(client, "credit_memo", memo)
+    refund = posted(f"{memo['id']}:refund", Operation.REFUND_CREDIT_MEMO)
+
+    credit = Posting.objects.get(source_id=memo["id"], operation=Operation.POST_CREDIT_MEMO)
+    assert refund.depends_on_key == credit.idempotency_key
+    [credit_note] = tryton.invoices(f"{SOURCE}:{memo['id']}")
+    assert (credit_note["state"], credit_note["total_amount"]) == ("paid", Decimal("-12.50"))
+    assert tryton.receivable(f"{SOURCE}:{obj['customer']['id']}") == Decimal("0")
+
+
+def test_invoice_then_void_cancels_it_in_tryton(client: Client, tryton: Any) -> None:
+    obj = new_invoice()
+    send(client, "invoice", obj)
+    posted(obj["id"], Operation.POST_INVOICE)
+    send(client, "invoice", cs.voided(obj))
+    posted(f"{obj['id']}:void", Operation.VOID_INVOICE)
+
+    [invoice] = tryton.invoices(f"{SOURCE}:{obj['id']}")
+    assert invoice["state"] == "cancelled"
+    customer_id = obj["customer"]["id"]
+    assert tryton.receivable(f"{SOURCE}:{customer_id}") == Decimal("0") == billing_receivable(customer_id)
+
+
+def test_invoice_partly_paid_then_uncollectible_writes_off_the_rest(client: Client, tryton: Any) -> None:
+    obj = new_invoice()
+    send(client, "invoice", obj)
+    first = cs.payment(obj["customer"]["id"], [(obj["id"], 2000)])
+    send(client, "payment", first)
+    posted(f"{first['id']}:{obj['id']}", Operation.APPLY_PAYMENT)
+    bad_debts_before = tryton.account_balance("6800")
+
+    send(client, "invoice", cs.uncollectible(obj, amount_paid=2000))
+    posted(f"{obj['id']}:write-off", Operation.WRITE_OFF)
+
+    assert tryton.account_balance("6800") - bad_debts_before == Decimal("41.50")
+    customer_id = obj["customer"]["id"]
+    assert tryton.receivable(f"{SOURCE}:{customer_id}") == Decimal("0") == billing_receivable(customer_id)
