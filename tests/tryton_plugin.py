@@ -159,6 +159,15 @@ class TrytonInspector:
             if Decimal(invoice["total_amount"]) < 0
         ]
 
+    def moves(self, description: str) -> list[dict[str, Any]]:
+        """Journal entries carrying ``description`` (the hub's reference), with their lines."""
+        moves = self._search_read("account.move", [["description", "=", description]], ["id", "state", "lines"])
+        for move in moves:
+            move["lines"] = self.rpc.call(
+                "model.account.move.line.read", [move["lines"], ["debit", "credit", "account.code"]], writes=False
+            )
+        return moves
+
     def count(self, model: str, domain: list[Any]) -> int:
         return int(self.rpc.call(f"model.{model}.search_count", [domain], writes=False))
 

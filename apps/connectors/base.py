@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 from apps.connectors.documents import (
     CreditMemoDocument,
     CustomerDocument,
+    DisputeMovementDocument,
     InvoiceDocument,
     PaymentDocument,
     PostResult,
@@ -39,6 +40,15 @@ REFUND_SUFFIX = ":refund"
 # External references of the documents that act on an invoice: the invoice's own plus a suffix.
 VOID_SUFFIX = ":void"
 WRITE_OFF_SUFFIX = ":write-off"
+OPERATION_WITHDRAW_DISPUTED_FUNDS = "withdraw_disputed_funds"
+OPERATION_REINSTATE_DISPUTED_FUNDS = "reinstate_disputed_funds"
+OPERATION_LOSE_DISPUTE = "lose_dispute"
+# A dispute's movements, each with the suffix of its external reference.
+DISPUTE_MOVEMENTS = {
+    OPERATION_WITHDRAW_DISPUTED_FUNDS: "withdrawn",
+    OPERATION_REINSTATE_DISPUTED_FUNDS: "reinstated",
+    OPERATION_LOSE_DISPUTE: "lost",
+}
 
 
 class ERPConnector(abc.ABC):
@@ -86,6 +96,11 @@ class ERPConnector(abc.ABC):
     def write_off(self, doc: WriteOffDocument) -> PostResult:
         """Write off what is left of the invoice to the bad-debt account; idempotent on
         ``doc.external_ref``. Refuses when the ERP's open amount is not billing's."""
+
+    @abc.abstractmethod
+    def move_disputed_funds(self, doc: DisputeMovementDocument) -> PostResult:
+        """Record one movement of a chargeback's money as a journal entry; idempotent on
+        ``doc.external_ref``."""
 
     @abc.abstractmethod
     def find_document(self, operation: str, external_ref: str) -> PostResult | None:

@@ -145,6 +145,27 @@ class WriteOffDocument:
 
 
 @dataclass(frozen=True)
+class DisputeMovementDocument:
+    """Money a chargeback moves, as one journal entry. The invoice stays paid, so the receivable is
+    never touched: ``withdrawn`` moves the amount from the account the payment was received in to
+    the disputed-funds account; ``reinstated`` moves it back (dispute won); ``lost`` moves it from
+    the disputed-funds account to the dispute-loss expense account."""
+
+    external_ref: str  # "<source>:<dispute id>:<movement>"
+    dispute_ref: str
+    payment_ref: str
+    movement: str  # withdrawn | reinstated | lost
+    currency: str
+    amount_minor: int
+    moved_on: date
+    payment_journal: str  # the ERP payment method the disputed payment came in through
+    dispute_account: str
+    loss_account: str = ""  # only for ``lost``
+    reason: str = ""
+    correlation_id: str = ""
+
+
+@dataclass(frozen=True)
 class PostResult:
     """What the ERP holds for a posted document: its id, a number people can search for, and
     whatever else is worth showing beside the posting."""

@@ -28,6 +28,7 @@ from typing import Any
 import requests
 
 from apps.connectors.base import (
+    DISPUTE_MOVEMENTS,
     OPERATION_APPLY_PAYMENT,
     OPERATION_ENSURE_CUSTOMER,
     OPERATION_POST_CREDIT_MEMO,
@@ -43,6 +44,7 @@ from apps.connectors.documents import (
     Address,
     CreditMemoDocument,
     CustomerDocument,
+    DisputeMovementDocument,
     InvoiceDocument,
     PaymentDocument,
     PostResult,
@@ -298,6 +300,7 @@ class TrytonConnector(ERPConnector):
         )
         self.rpc.before_send = self.pace
         self._ids: dict[tuple[str, str], int] = {}
+        self._company_currencies: dict[int, str] = {}
 
     # -- lookups --------------------------------------------------------------------------
 
@@ -359,8 +362,13 @@ class TrytonConnector(ERPConnector):
                     return self._void_result(invoice)
             return None
         if operation == OPERATION_WRITE_OFF:
-            move = self._find_write_off_move(external_ref)
+            move = self._find_move(external_ref)
             return PostResult(str(move["id"]), move.get("number") or "", {"action": "written off"}) if move else None
+        if operation in DISPUTE_MOVEMENTS:
+            move = self._find_move(external_ref)
+            if move is None or move["state"] != "posted":
+                return None
+            return PostResult(str(move["id"]), move.get("number") or "", {"action": DISPUTE_MOVEMENTS[operation]})
         raise ConfigurationError(f"the Tryton connector does not know the operation {operation!r}")
 
     def _find_payment_line(self, external_ref: str) -> dict[str, Any] | None:
@@ -735,7 +743,7 @@ class TrytonConnector(ERPConnector):
     def write_off(self, doc: WriteOffDocument) -> PostResult:
         """Reconcile what is open on the invoice (its receivable lines and any partial payments)
         with a write-off move to the bad-debt account, described with our reference."""
-        existing = self._find_write_off_move(doc.external_ref)
+        existing = self._find_move(doc.external_ref)
         if existing is not None:
             return PostResult(str(existing["id"]), existing.get("number") or "", {"action": "already written off"})
         invoice_id = int(doc.invoice_erp_id)
@@ -771,16 +779,123 @@ class TrytonConnector(ERPConnector):
             self._unreconciled(*invoice["lines_to_pay"], *invoice["payment_lines"]),
             writeoff={"writeoff": method_id, "date": doc.written_off_on, "description": doc.external_ref},
         )
-        move = self._find_write_off_move(doc.external_ref)
+        move = self._find_move(doc.external_ref)
         if move is None:
             raise UncertainOutcome(f"the reconcile wizard finished but no move carries {doc.external_ref}")
         return PostResult(str(move["id"]), move.get("number") or "", {"action": "written off"})
 
-    def _find_write_off_move(self, external_ref: str) -> dict[str, Any] | None:
+    def _find_move(self, external_ref: str) -> dict[str, Any] | None:
         found = self._search_read(
             "account.move", [["description", "=", external_ref]], ["id", "number", "state"], limit=1
         )
         return found[0] if found else None
+
+    # -- disputes -------------------------------------------------------------------------
+
+    def move_disputed_funds(self, doc: DisputeMovementDocument) -> PostResult:
+        """One posted journal entry per movement, in the payment method's journal, described with
+        our reference. A draft left by an interrupted call is posted rather than made again."""
+        existing = self._find_move(doc.external_ref)
+        if existing is not None and existing["state"] == "posted":
+            return PostResult(str(existing["id"]), existing.get("number") or "", {"action": f"already {doc.movement}"})
+        method_id = self._payment_method_id(doc.payment_journal)
+        [method] = self._read("account.invoice.payment.method", [method_id], ["journal", "debit_account", "company"])
+        company_currency = self._company_currency(int(method["company"]))
+        if company_currency and company_currency != doc.currency:
+            raise BusinessRuleError(
+                "dispute_in_foreign_currency",
+                f"The dispute {doc.dispute_ref} is in {doc.currency}; the hub posts disputes to Tryton only in the "
+                f"company currency ({company_currency}). Record it by hand in Tryton, then skip this posting.",
+                f"dispute currency {doc.currency} != company currency {company_currency}",
+                params={"currency": doc.currency},
+            )
+        cash = int(method["debit_account"])
+        disputed = self._account_id(doc.dispute_account, "dispute_account")
+        debit, credit = {
+            "withdrawn": (disputed, cash),
+            "reinstated": (cash, disputed),
+            "lost": (self._account_id(doc.loss_account, "dispute_loss_account") if doc.loss_account else 0, disputed),
+        }[doc.movement]
+        if not debit:
+            raise ConfigurationError(f"a lost dispute needs a loss account: {doc.external_ref}")
+        amount = to_decimal(doc.amount_minor, doc.currency)
+        if existing is not None:
+            move_id = int(existing["id"])
+        else:
+            label = f"Dispute {doc.dispute_ref} on payment {doc.payment_ref}: funds {doc.movement}"
+            [move_id] = self.rpc.call(
+                "model.account.move.create",
+                [
+                    [
+                        {
+                            "journal": int(method["journal"]),
+                            "company": int(method["company"]),
+                            "period": self._period_id(int(method["company"]), doc.moved_on),
+                            "date": doc.moved_on,
+                            "description": doc.external_ref,
+                            "lines": [
+                                [
+                                    "create",
+                                    [
+                                        {"account": debit, "debit": amount, "credit": Decimal(0), "description": label},
+                                        {
+                                            "account": credit,
+                                            "debit": Decimal(0),
+                                            "credit": amount,
+                                            "description": label,
+                                        },
+                                    ],
+                                ]
+                            ],
+                        }
+                    ]
+                ],
+                writes=True,
+            )
+        self.rpc.call("model.account.move.post", [[int(move_id)]], writes=True)
+        move = self._find_move(doc.external_ref)
+        if move is None or move["state"] != "posted":
+            raise UncertainOutcome(f"the dispute move {move_id} for {doc.external_ref} is not posted")
+        return PostResult(str(move["id"]), move.get("number") or "", {"action": doc.movement})
+
+    def _company_currency(self, company_id: int) -> str:
+        if company_id not in self._company_currencies:
+            [company] = self._read("company.company", [company_id], ["currency.code"])
+            self._company_currencies[company_id] = str((company.get("currency.") or {}).get("code") or "")
+        return self._company_currencies[company_id]
+
+    def _account_id(self, code: str, mapping: str) -> int:
+        return self._lookup_id(
+            "account.account",
+            "code",
+            code,
+            code=f"unknown_{mapping}",
+            message=f"The account '{code}' does not exist in Tryton. Fix the {mapping.replace('_', ' ')} mapping "
+            "in the hub (or create the account in Tryton), then retry.",
+        )
+
+    def _period_id(self, company_id: int, on: datetime.date) -> int:
+        found = self._search_read(
+            "account.period",
+            [
+                ["company", "=", company_id],
+                ["start_date", "<=", on],
+                ["end_date", ">=", on],
+                ["type", "=", "standard"],
+                ["state", "=", "open"],
+            ],
+            ["id"],
+            limit=1,
+        )
+        if not found:
+            raise BusinessRuleError(
+                "no_open_period",
+                f"Tryton has no open accounting period for {on.isoformat()}. Ask the ERP administrator to open "
+                "(or create) the period, then retry.",
+                f"no open standard account.period on {on.isoformat()} for company {company_id}",
+                params={"date": on.isoformat()},
+            )
+        return int(found[0]["id"])
 
     def close(self) -> None:
         self.rpc.http.close()

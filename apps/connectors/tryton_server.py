@@ -39,6 +39,8 @@ REVENUE_ACCOUNTS = {"4000": "Subscription revenue", "4100": "Usage revenue"}
 CLEARING_ACCOUNTS = {"1150": "Card processor clearing", "1160": "Bank receipts clearing"}
 PAYMENT_METHODS = {"Card": "1150", "Bank": "1160"}
 BAD_DEBT_ACCOUNT = ("6800", "Bad debts")
+DISPUTED_FUNDS_ACCOUNT = ("1190", "Disputed payments")  # chargebacks in progress
+DISPUTE_LOSS_ACCOUNT = ("6810", "Dispute losses")
 WRITE_OFF_METHODS = {"Bad debt": "6800"}  # name -> the expense account it writes off to
 TAXES = {"VAT20": Decimal("0.20")}
 MODULES = "account_invoice"
@@ -158,6 +160,9 @@ def setup_accounting(config: Path, database: str, *, years: tuple[int, ...] = ()
         account.save()
         clearing[code] = account
 
+    code, name = DISPUTED_FUNDS_ACCOUNT
+    Account(name=name, code=code, type=cash.type, parent=cash.parent, company=company).save()
+
     tax_account = first([("code", "=", "6.3.6")])
     Tax = Model.get("account.tax")
     for name, rate in TAXES.items():
@@ -185,6 +190,8 @@ def setup_accounting(config: Path, database: str, *, years: tuple[int, ...] = ()
     code, name = BAD_DEBT_ACCOUNT
     bad_debts = Account(name=name, code=code, type=expense.type, parent=expense.parent, company=company)
     bad_debts.save()
+    code, name = DISPUTE_LOSS_ACCOUNT
+    Account(name=name, code=code, type=expense.type, parent=expense.parent, company=company).save()
     [write_off_journal] = Journal.find([("type", "=", "write-off")], limit=1)
     WriteOff = Model.get("account.move.reconcile.write_off")
     for method_name in WRITE_OFF_METHODS:

@@ -150,6 +150,51 @@ CATALOGUE: dict[str, Entry] = {
         FIX_MAPPING,
         "write_off_method",
     ),
+    "missing_dispute_account_mapping": Entry(
+        B,
+        MISSING_MAPPING,
+        "{document} cannot be posted to {erp}: no disputed funds account is mapped for {item}. "
+        "Add a disputed funds account mapping (for {keys}) and repost.",
+        FIX_MAPPING,
+        "dispute_account",
+    ),
+    "missing_dispute_loss_account_mapping": Entry(
+        B,
+        MISSING_MAPPING,
+        "{document} cannot be posted to {erp}: no dispute loss account is mapped for {item}. "
+        "Add a dispute loss account mapping (for {keys}) and repost.",
+        FIX_MAPPING,
+        "dispute_loss_account",
+    ),
+    "unknown_dispute_account": Entry(
+        B,
+        INVALID_MAPPING,
+        "{document} was not posted: the disputed funds account {value} does not exist in {erp}. "
+        "Correct the disputed funds account mapping and repost.",
+        FIX_MAPPING,
+        "dispute_account",
+    ),
+    "unknown_dispute_loss_account": Entry(
+        B,
+        INVALID_MAPPING,
+        "{document} was not posted: the dispute loss account {value} does not exist in {erp}. "
+        "Correct the dispute loss account mapping and repost.",
+        FIX_MAPPING,
+        "dispute_loss_account",
+    ),
+    "dispute_in_foreign_currency": Entry(
+        B,
+        "Currency not supported",
+        "{document} is in {currency}; the hub posts disputes to {erp} only in the company currency. Record it by "
+        "hand in the ERP, then skip this posting with a reason.",
+        FIX_IN_BILLING,
+    ),
+    "no_open_period": Entry(
+        B,
+        "Closed period",
+        "{document} is dated {date}, and {erp} has no open accounting period for that day. Ask the ERP "
+        "administrator to open the period, then retry.",
+    ),
     "amended_after_posting": Entry(
         B,
         "Changed after posting",
@@ -297,6 +342,17 @@ def document_facts(posting: Posting) -> dict[str, Any]:
         facts["document"] = f"{prefix} {memo.number or memo.source_id}{on}"
         amount = memo.refunded_minor if posting.operation == Operation.REFUND_CREDIT_MEMO else memo.total_minor
         facts["amount"] = f"{to_decimal(amount, memo.currency)} {memo.currency}"
+    elif posting.dispute is not None:
+        dispute = posting.dispute
+        movement = {
+            Operation.WITHDRAW_DISPUTED_FUNDS: "Funds withdrawn by dispute",
+            Operation.REINSTATE_DISPUTED_FUNDS: "Funds reinstated by dispute",
+            Operation.LOSE_DISPUTE: "Loss on dispute",
+        }.get(posting.operation, "Dispute")
+        facts["document"] = f"{movement} {dispute.source_id} on payment {dispute.payment_source_id}"
+        if dispute.payment is not None and dispute.payment.customer is not None:
+            facts["customer"] = dispute.payment.customer.name or dispute.payment.customer.source_id
+        facts["amount"] = f"{to_decimal(dispute.amount_minor, dispute.currency)} {dispute.currency}"
     elif posting.operation in _ACTS_ON_INVOICE and invoice is not None:
         facts["document"] = f"{_ACTS_ON_INVOICE[posting.operation]} {facts['document']}"
     return facts

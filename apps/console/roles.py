@@ -23,6 +23,7 @@ VIEWABLE = [
     "ledger.paymentapplication",
     "ledger.creditmemo",
     "ledger.creditmemoline",
+    "ledger.dispute",
     "ingest.inboxevent",
     "routing.erpconnection",
     "routing.routingrule",

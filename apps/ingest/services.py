@@ -18,8 +18,8 @@ from apps.core.broker import resend_patience
 from apps.core.correlation import correlation_scope, get_correlation_id
 from apps.ingest.models import InboxEvent, InboxStatus
 from apps.ledger import services as ledger
-from apps.ledger.commands import CreditMemoData, CustomerData, InvoiceData, LedgerCommand
-from apps.ledger.models import CreditMemo, Customer, Invoice, Payment
+from apps.ledger.commands import CreditMemoData, CustomerData, DisputeData, InvoiceData, LedgerCommand
+from apps.ledger.models import CreditMemo, Customer, Dispute, Invoice, Payment
 from apps.posting import planner
 from apps.routing.services import NoRoute
 from apps.sources.base import Envelope, IgnoredEvent, InvalidPayload
@@ -103,6 +103,12 @@ def _apply(source: BillingSource, command: LedgerCommand, correlation_id: str) -
         )
         assert isinstance(result.record, Invoice)
         planner.plan_invoice(result.record)
+    elif isinstance(command, DisputeData):
+        result = ledger.upsert_dispute(
+            source.name, command, legal_entity=source.legal_entity, correlation_id=correlation_id
+        )
+        assert isinstance(result.record, Dispute)
+        planner.plan_dispute(result.record)
     elif isinstance(command, CreditMemoData):
         result = ledger.upsert_credit_memo(source.name, command, correlation_id=correlation_id)
         assert isinstance(result.record, CreditMemo)

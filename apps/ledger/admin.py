@@ -6,6 +6,7 @@ from apps.ledger.models import (
     CreditMemo,
     CreditMemoLine,
     Customer,
+    Dispute,
     Invoice,
     InvoiceLine,
     LegalEntity,
@@ -105,3 +106,11 @@ class CreditMemoAdmin(ReadOnlyFromBilling):
     search_fields = ("number", "source_id", "invoice_source_id", "customer__name", "correlation_id")
     list_select_related = ("invoice", "customer")
     inlines = [CreditMemoLineInline]
+
+
+@admin.register(Dispute)
+class DisputeAdmin(ReadOnlyFromBilling):
+    list_display = ("source_id", "payment_source_id", "status", "currency", "amount_minor", "reason", "opened_on")
+    list_filter = ("status", "source", "currency")
+    search_fields = ("source_id", "payment_source_id", "correlation_id")
+    list_select_related = ("payment",)

@@ -116,4 +116,20 @@ class CreditMemoData:
     status_date: date | None = None
 
 
-LedgerCommand = CustomerData | InvoiceData | PaymentData | CreditMemoData
+@dataclass(frozen=True)
+class DisputeData:
+    """A chargeback on a payment. ``status``: inquiry (no money moved), open (the funds were
+    withdrawn while it runs), won (they came back) or lost (they stay with the cardholder)."""
+
+    source_id: str
+    source_version: int
+    payment_source_id: str
+    currency: str
+    amount_minor: int
+    status: str
+    opened_on: date
+    reason: str = ""
+    closed_on: date | None = None
+
+
+LedgerCommand = CustomerData | InvoiceData | PaymentData | CreditMemoData | DisputeData

@@ -258,3 +258,43 @@ class CreditMemoLine(models.Model):
     class Meta:
         ordering = ["credit_memo", "position"]
         constraints = [models.UniqueConstraint(fields=["credit_memo", "position"], name="credit_memo_line_position")]
+
+
+class Dispute(SourceRecord):
+    """A chargeback: the cardholder's bank takes the payment's money back while the dispute runs
+    (funds withdrawn), returns it if the merchant wins, and keeps it if the merchant loses. The
+    invoice stays paid in billing throughout, so the ERP moves the money through a disputed-funds
+    account and never reopens the receivable."""
+
+    STATUS_INQUIRY = "inquiry"
+    STATUS_OPEN = "open"
+    STATUS_WON = "won"
+    STATUS_LOST = "lost"
+    STATUS_CHOICES = [
+        (STATUS_INQUIRY, "Inquiry (no funds withdrawn)"),
+        (STATUS_OPEN, "Open (funds withdrawn)"),
+        (STATUS_WON, "Won (funds reinstated)"),
+        (STATUS_LOST, "Lost"),
+    ]
+    FUNDS_WITHDRAWN = (STATUS_OPEN, STATUS_WON, STATUS_LOST)
+
+    legal_entity = models.ForeignKey(LegalEntity, null=True, blank=True, on_delete=models.PROTECT)
+    payment_source_id = models.CharField(max_length=255, help_text="The disputed payment's id in billing.")
+    payment = models.ForeignKey(Payment, null=True, blank=True, on_delete=models.PROTECT, related_name="disputes")
+    currency = models.CharField(max_length=3)
+    amount_minor = models.BigIntegerField(help_text="The disputed amount, withdrawn while the dispute runs.")
+    status = models.CharField(max_length=16, choices=STATUS_CHOICES)
+    reason = models.CharField(max_length=200, blank=True)
+    opened_on = models.DateField()
+    closed_on = models.DateField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["source", "source_id"], name="dispute_source_identity")]
+        ordering = ["-opened_on", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.source_id} {Money(self.amount_minor, self.currency)} {self.status}"
+
+    @property
+    def funds_withdrawn(self) -> bool:
+        return self.status in self.FUNDS_WITHDRAWN

@@ -13,11 +13,12 @@ from django.db import transaction
 from apps.core import audit
 from apps.core.locks import lock_identity
 from apps.core.money import normalize_currency
-from apps.ledger.commands import CreditMemoData, CustomerData, InvoiceData, PaymentData
+from apps.ledger.commands import CreditMemoData, CustomerData, DisputeData, InvoiceData, PaymentData
 from apps.ledger.models import (
     CreditMemo,
     CreditMemoLine,
     Customer,
+    Dispute,
     Invoice,
     InvoiceLine,
     LegalEntity,
@@ -37,7 +38,7 @@ _CUSTOMER_ERP_FIELDS = ("name", "email", "tax_id", "bill_to")
 
 @dataclass(frozen=True)
 class Upserted:
-    record: Customer | Invoice | Payment | CreditMemo
+    record: Customer | Invoice | Payment | CreditMemo | Dispute
     created: bool
     changed: bool
     stale: bool = False  # the incoming data was older than what the ledger holds
@@ -277,6 +278,9 @@ def upsert_payment(source: str, data: PaymentData, *, correlation_id: str = "") 
             audit.record(
                 "payment.created", payment, after={"amount_minor": payment.amount_minor, "currency": payment.currency}
             )
+            Dispute.objects.filter(source=source, payment_source_id=data.source_id, payment=None).update(
+                payment=payment
+            )
         return Upserted(payment, created=created, changed=changed)
 
 
@@ -340,3 +344,54 @@ def upsert_credit_memo(source: str, data: CreditMemoData, *, correlation_id: str
         memo.source_version = data.source_version
         memo.save()
         return Upserted(memo, created=False, changed=changed)
+
+
+_DISPUTE_STATUS_RANK = {
+    Dispute.STATUS_INQUIRY: 0,
+    Dispute.STATUS_OPEN: 1,
+    Dispute.STATUS_WON: 2,
+    Dispute.STATUS_LOST: 2,
+}
+
+
+def upsert_dispute(
+    source: str, data: DisputeData, *, legal_entity: LegalEntity | None = None, correlation_id: str = ""
+) -> Upserted:
+    """A dispute only moves forward: inquiry, open (funds withdrawn), then won or lost for good."""
+    with transaction.atomic(savepoint=False):
+        payment = Payment.objects.filter(source=source, source_id=data.payment_source_id).first()
+        dispute, created = Dispute.objects.select_for_update().get_or_create(
+            source=source,
+            source_id=data.source_id,
+            defaults={
+                "legal_entity": legal_entity,
+                "payment_source_id": data.payment_source_id,
+                "payment": payment,
+                "currency": normalize_currency(data.currency),
+                "amount_minor": data.amount_minor,
+                "status": data.status,
+                "reason": data.reason[:200],
+                "opened_on": data.opened_on,
+                "closed_on": data.closed_on,
+                "source_version": data.source_version,
+                "correlation_id": correlation_id,
+            },
+        )
+        if created:
+            audit.record(
+                "dispute.opened", dispute, after={"status": dispute.status, "amount_minor": dispute.amount_minor}
+            )
+            return Upserted(dispute, created=True, changed=True)
+        rank, held = _DISPUTE_STATUS_RANK.get(data.status, 0), _DISPUTE_STATUS_RANK.get(dispute.status, 0)
+        if data.source_version < dispute.source_version or rank < held or (rank == held == 2):
+            return Upserted(dispute, created=False, changed=False, stale=data.status != dispute.status)
+        before = {"status": dispute.status}
+        changed = data.status != dispute.status
+        dispute.status = data.status
+        dispute.closed_on = data.closed_on or dispute.closed_on
+        dispute.source_version = data.source_version
+        dispute.payment = dispute.payment or payment
+        dispute.save()
+        if changed:
+            audit.record("dispute.updated", dispute, before=before, after={"status": dispute.status})
+        return Upserted(dispute, created=False, changed=changed)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
+from apps.connectors.base import DISPUTE_MOVEMENTS
 from apps.connectors.documents import (
     Address,
     CreditMemoDocument,
     CustomerDocument,
+    DisputeMovementDocument,
     InvoiceDocument,
     InvoiceLineDocument,
     PaymentDocument,
@@ -17,7 +19,7 @@ from apps.connectors.documents import (
     WriteOffDocument,
 )
 from apps.core.errors import BusinessRuleError
-from apps.ledger.models import CreditMemo, CreditMemoLine, Customer, Invoice, InvoiceLine, PaymentApplication
+from apps.ledger.models import CreditMemo, CreditMemoLine, Customer, Dispute, Invoice, InvoiceLine, PaymentApplication
 from apps.posting.models import Operation, Posting, PostingState
 from apps.routing.models import ERPConnection, Mapping
 from apps.routing.services import MissingMapping, resolve_mapping
@@ -27,6 +29,8 @@ _MAPPING_WORDS = {
     Mapping.KIND_TAX_CODE: "tax code",
     Mapping.KIND_PAYMENT_JOURNAL: "payment journal",
     Mapping.KIND_WRITE_OFF_METHOD: "write-off method",
+    Mapping.KIND_DISPUTE_ACCOUNT: "disputed funds account",
+    Mapping.KIND_DISPUTE_LOSS_ACCOUNT: "dispute loss account",
 }
 
 
@@ -236,5 +240,33 @@ def void_credit_memo_document(posting: Posting, memo: CreditMemo) -> VoidDocumen
         invoice_erp_id=_erp_id_of_parent(posting.connection, Operation.POST_CREDIT_MEMO, credit_memo=memo),
         voided_on=_status_date(memo),
         number=memo.number,
+        correlation_id=posting.correlation_id,
+    )
+
+
+def dispute_document(posting: Posting, dispute: Dispute) -> DisputeMovementDocument:
+    movement = DISPUTE_MOVEMENTS[posting.operation]
+    entity = [dispute.legal_entity.code if dispute.legal_entity else ""]
+    # A chargeback is on a card payment; the payment's own method, when the ledger has it.
+    method = dispute.payment.method if dispute.payment is not None and dispute.payment.method else "card"
+    moved_on = dispute.opened_on if movement == "withdrawn" else (dispute.closed_on or dispute.updated_at.date())
+    return DisputeMovementDocument(
+        external_ref=posting.external_ref,
+        dispute_ref=dispute.external_ref,
+        payment_ref=f"{dispute.source}:{dispute.payment_source_id}",
+        movement=movement,
+        currency=dispute.currency,
+        amount_minor=dispute.amount_minor,
+        moved_on=moved_on,
+        payment_journal=_mapped(
+            posting.connection, Mapping.KIND_PAYMENT_JOURNAL, [method], f"payment method '{method}'"
+        ),
+        dispute_account=_mapped(posting.connection, Mapping.KIND_DISPUTE_ACCOUNT, entity, "disputed funds"),
+        loss_account=(
+            _mapped(posting.connection, Mapping.KIND_DISPUTE_LOSS_ACCOUNT, entity, "lost disputes")
+            if movement == "lost"
+            else ""
+        ),
+        reason=dispute.reason,
         correlation_id=posting.correlation_id,
     )

@@ -43,6 +43,7 @@ from apps.posting import dispatch, signals
 from apps.posting.documents import (
     credit_memo_document,
     customer_document,
+    dispute_document,
     invoice_document,
     payment_document,
     refund_document,
@@ -209,6 +210,9 @@ _OPERATIONS: dict[str, tuple[str, Callable[[Posting, Any], Any], str]] = {
     Operation.VOID_CREDIT_MEMO: ("credit_memo", void_credit_memo_document, "void_invoice"),
     Operation.VOID_INVOICE: ("invoice", void_document, "void_invoice"),
     Operation.WRITE_OFF: ("invoice", write_off_document, "write_off"),
+    Operation.WITHDRAW_DISPUTED_FUNDS: ("dispute", dispute_document, "move_disputed_funds"),
+    Operation.REINSTATE_DISPUTED_FUNDS: ("dispute", dispute_document, "move_disputed_funds"),
+    Operation.LOSE_DISPUTE: ("dispute", dispute_document, "move_disputed_funds"),
 }
 
 
@@ -238,7 +242,13 @@ def execute_posting(posting_id: int) -> str:
     held for a moment and sent again, without using an attempt."""
     row = (
         Posting.objects.select_related(
-            "connection", "customer", "invoice__customer", "payment_application__payment", "credit_memo"
+            "connection",
+            "customer",
+            "invoice__customer",
+            "payment_application__payment",
+            "credit_memo",
+            "dispute__payment",
+            "dispute__legal_entity",
         )
         .filter(pk=posting_id)
         .first()

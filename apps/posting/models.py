@@ -12,7 +12,7 @@ import hashlib
 from django.db import models
 from django.utils import timezone
 
-from apps.ledger.models import CreditMemo, Customer, Invoice, PaymentApplication
+from apps.ledger.models import CreditMemo, Customer, Dispute, Invoice, PaymentApplication
 from apps.routing.models import ERPConnection
 
 
@@ -45,6 +45,9 @@ class Operation(models.TextChoices):
     POST_CREDIT_MEMO = "post_credit_memo", "Post credit memo"
     REFUND_CREDIT_MEMO = "refund_credit_memo", "Refund credit memo"
     VOID_CREDIT_MEMO = "void_credit_memo", "Void credit memo"
+    WITHDRAW_DISPUTED_FUNDS = "withdraw_disputed_funds", "Withdraw disputed funds"
+    REINSTATE_DISPUTED_FUNDS = "reinstate_disputed_funds", "Reinstate disputed funds"
+    LOSE_DISPUTE = "lose_dispute", "Record lost dispute"
 
 
 class ErrorCategory(models.TextChoices):
@@ -64,6 +67,7 @@ class Posting(models.Model):
     invoice = models.ForeignKey(Invoice, null=True, blank=True, on_delete=models.PROTECT)
     payment_application = models.ForeignKey(PaymentApplication, null=True, blank=True, on_delete=models.PROTECT)
     credit_memo = models.ForeignKey(CreditMemo, null=True, blank=True, on_delete=models.PROTECT)
+    dispute = models.ForeignKey(Dispute, null=True, blank=True, on_delete=models.PROTECT)
     depends_on_key = models.CharField(max_length=64, blank=True, db_index=True)
 
     state = models.CharField(max_length=16, choices=PostingState.choices, default=PostingState.QUEUED, db_index=True)

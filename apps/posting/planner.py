@@ -8,9 +8,9 @@ import logging
 from django.db import transaction
 from django.db.models import QuerySet
 
-from apps.connectors.base import REFUND_SUFFIX, VOID_SUFFIX, WRITE_OFF_SUFFIX
+from apps.connectors.base import DISPUTE_MOVEMENTS, REFUND_SUFFIX, VOID_SUFFIX, WRITE_OFF_SUFFIX
 from apps.core import audit
-from apps.ledger.models import CreditMemo, Customer, Invoice, Payment, PaymentApplication
+from apps.ledger.models import CreditMemo, Customer, Dispute, Invoice, Payment, PaymentApplication
 from apps.posting import dispatch, signals
 from apps.posting.models import ErrorCategory, Operation, Posting, PostingState, idempotency_key
 from apps.routing.models import ERPConnection
@@ -295,3 +295,32 @@ def plan_credit_memo(memo: CreditMemo) -> list[Posting]:
         return []
     with transaction.atomic(savepoint=False):
         return _plan_credit_memo(memo, memo.invoice, route(memo.invoice.legal_entity))
+
+
+def _plan_dispute_movement(
+    dispute: Dispute, connection: ERPConnection, operation: str, depends_on_key: str = ""
+) -> Posting:
+    return _plan(
+        connection=connection,
+        operation=operation,
+        source=dispute.source,
+        source_id=f"{dispute.source_id}:{DISPUTE_MOVEMENTS[operation]}",
+        revision=1,
+        depends_on_key=depends_on_key,
+        correlation_id=dispute.correlation_id,
+        dispute=dispute,
+    )
+
+
+def plan_dispute(dispute: Dispute) -> list[Posting]:
+    """The funds withdrawn when the chargeback opened; then, once decided, reinstated (won) or
+    moved to dispute losses (lost), after the withdrawal. An inquiry moves no money: nothing."""
+    if not dispute.funds_withdrawn:
+        return []
+    with transaction.atomic(savepoint=False):
+        connection = route(dispute.legal_entity)
+        withdrawn = _plan_dispute_movement(dispute, connection, Operation.WITHDRAW_DISPUTED_FUNDS)
+        if dispute.status == Dispute.STATUS_OPEN:
+            return [withdrawn]
+        decided = Operation.REINSTATE_DISPUTED_FUNDS if dispute.status == Dispute.STATUS_WON else Operation.LOSE_DISPUTE
+        return [withdrawn, _plan_dispute_movement(dispute, connection, decided, withdrawn.idempotency_key)]

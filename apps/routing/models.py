@@ -53,11 +53,15 @@ class Mapping(models.Model):
     KIND_TAX_CODE = "tax_code"
     KIND_PAYMENT_JOURNAL = "payment_journal"
     KIND_WRITE_OFF_METHOD = "write_off_method"
+    KIND_DISPUTE_ACCOUNT = "dispute_account"
+    KIND_DISPUTE_LOSS_ACCOUNT = "dispute_loss_account"
     KIND_CHOICES = [
         (KIND_REVENUE_ACCOUNT, "Revenue account"),
         (KIND_TAX_CODE, "Tax code"),
         (KIND_PAYMENT_JOURNAL, "Payment journal"),
         (KIND_WRITE_OFF_METHOD, "Write-off method (bad debt account)"),
+        (KIND_DISPUTE_ACCOUNT, "Disputed funds account"),
+        (KIND_DISPUTE_LOSS_ACCOUNT, "Dispute loss account"),
     ]
     DEFAULT_KEY = "default"
 

@@ -21,6 +21,7 @@ from apps.ledger.commands import (
     CreditMemoData,
     CreditMemoLineData,
     CustomerData,
+    DisputeData,
     InvoiceData,
     InvoiceLineData,
     LedgerCommand,
@@ -41,7 +42,24 @@ INVOICE_EVENTS = {
 }
 PAYMENT_EVENTS = {"payment_intent.succeeded", "charge.succeeded"}
 CREDIT_NOTE_EVENTS = {"credit_note.created", "credit_note.updated", "credit_note.voided"}
-SUPPORTED_EVENTS = CUSTOMER_EVENTS | INVOICE_EVENTS | PAYMENT_EVENTS | CREDIT_NOTE_EVENTS
+DISPUTE_EVENTS = {
+    "charge.dispute.created",
+    "charge.dispute.updated",
+    "charge.dispute.funds_withdrawn",
+    "charge.dispute.funds_reinstated",
+    "charge.dispute.closed",
+}
+SUPPORTED_EVENTS = CUSTOMER_EVENTS | INVOICE_EVENTS | PAYMENT_EVENTS | CREDIT_NOTE_EVENTS | DISPUTE_EVENTS
+# Stripe's dispute statuses: warning_* are inquiries (no money moved); the others withdrew the funds.
+_DISPUTE_STATUS = {
+    "warning_needs_response": "inquiry",
+    "warning_under_review": "inquiry",
+    "warning_closed": "inquiry",
+    "needs_response": "open",
+    "under_review": "open",
+    "won": "won",
+    "lost": "lost",
+}
 
 _INVOICE_STATUS = {"open": "open", "paid": "paid", "void": "void", "uncollectible": "uncollectible"}
 
@@ -350,6 +368,30 @@ def credit_memo_from_object(obj: dict[str, Any], version: int) -> CreditMemoData
     )
 
 
+def dispute_from_object(obj: dict[str, Any], version: int, event_type: str) -> DisputeData:
+    what = f"Dispute {_id(obj)}"
+    status = _DISPUTE_STATUS.get(str(obj.get("status")))
+    if status is None:
+        raise InvalidPayload(f"{what}: unknown dispute status {obj.get('status')!r}.")
+    if event_type == "charge.dispute.funds_reinstated" and status == "open":
+        status = "won"  # reinstated before the status reached the event
+    payment_id = _id(obj.get("payment_intent")) or _id(obj.get("charge"))
+    if not payment_id:
+        raise InvalidPayload(f"{what}: it names neither a payment_intent nor a charge.")
+    closed = status in ("won", "lost")
+    return DisputeData(
+        source_id=_id(obj),
+        source_version=version,
+        payment_source_id=payment_id,
+        currency=_currency(obj, what),
+        amount_minor=_int(obj, "amount", what),
+        status=status,
+        opened_on=_date(obj.get("created")) or _date(version),  # type: ignore[arg-type]
+        reason=str(obj.get("reason") or ""),
+        closed_on=_date(version) if closed else None,
+    )
+
+
 def parse_event(event: dict[str, Any]) -> list[LedgerCommand]:
     """Canonical commands for one stored event; raises ``IgnoredEvent`` for types not posted."""
     event_type = str(event.get("type"))
@@ -368,6 +410,8 @@ def parse_event(event: dict[str, Any]) -> list[LedgerCommand]:
         return [payment_from_intent_or_charge(obj, version)]
     if event_type in CREDIT_NOTE_EVENTS:
         return [credit_memo_from_object(obj, version)]
+    if event_type in DISPUTE_EVENTS:
+        return [dispute_from_object(obj, version, event_type)]
     raise IgnoredEvent(f"Stripe event type {event_type} is not posted by this hub version.")
 
 

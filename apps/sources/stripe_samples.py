@@ -319,3 +319,45 @@ def demo_stream() -> list[dict[str, Any]]:
         else:
             events += [finalized, paid_event]
     return events
+
+
+def dispute(
+    payment_intent: dict[str, Any], *, status: str = "needs_response", reason: str = "fraudulent"
+) -> dict[str, Any]:
+    """A Dispute on ``payment_intent``'s charge, shaped as Stripe's published dispute fixture.
+    ``status``: warning_needs_response (an inquiry), needs_response, under_review, won or lost."""
+    now = int(time.time())
+    withdrawn = not status.startswith("warning_")
+    transactions = []
+    if withdrawn:
+        transactions.append({"id": uid("txn"), "object": "balance_transaction", "amount": -payment_intent["amount"]})
+    if status == "won":
+        transactions.append({"id": uid("txn"), "object": "balance_transaction", "amount": payment_intent["amount"]})
+    return {
+        "id": uid("dp"),
+        "object": "dispute",
+        "amount": payment_intent["amount"],
+        "balance_transactions": transactions,
+        "charge": uid("ch"),
+        "created": now,
+        "currency": payment_intent["currency"],
+        "evidence_details": {"due_by": now + 7 * 86400, "has_evidence": False, "past_due": False},
+        "is_charge_refundable": False,
+        "livemode": False,
+        "metadata": {},
+        "payment_intent": payment_intent["id"],
+        "payment_method_details": {"card": {"brand": "visa", "case_type": "chargeback"}, "type": "card"},
+        "reason": reason,
+        "status": status,
+    }
+
+
+def dispute_closed(dispute_obj: dict[str, Any], status: str) -> dict[str, Any]:
+    """The same dispute once decided: ``status`` won (funds reinstated) or lost."""
+    obj = json.loads(json.dumps(dispute_obj))
+    obj["status"] = status
+    if status == "won":
+        obj["balance_transactions"].append(
+            {"id": uid("txn"), "object": "balance_transaction", "amount": dispute_obj["amount"]}
+        )
+    return obj

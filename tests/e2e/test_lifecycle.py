@@ -10,7 +10,7 @@ import pytest
 from django.test import Client
 
 from apps.core.money import to_decimal
-from apps.ledger.models import Invoice
+from apps.ledger.models import Dispute, Invoice
 from apps.posting.models import Operation, Posting, PostingState
 from apps.sources import stripe_samples as se
 from tests.conftest import SOURCE, deliver, wait_for
@@ -176,3 +176,77 @@ def test_invoice_then_two_partial_payments_settle_it(client: Client, tryton: Any
     [invoice] = tryton.invoices(f"{SOURCE}:{obj['id']}")
     assert (invoice["state"], invoice["amount_to_pay"]) == ("paid", Decimal("0"))
     assert tryton.receivable(customer_ref) == Decimal("0")
+
+
+def balances(tryton: Any, *codes: str) -> dict[str, Decimal]:
+    return {code: tryton.account_balance(code) for code in codes}
+
+
+def test_paid_invoice_then_dispute_lost_moves_the_money_to_dispute_losses(client: Client, tryton: Any) -> None:
+    obj = new_invoice()
+    intent = se.payment_intent(obj["customer"], obj["id"], 6150)
+    deliver(client, se.event("invoice.finalized", obj))
+    deliver(client, se.event("payment_intent.succeeded", intent))
+    deliver(client, se.event("invoice.paid", se.paid(obj, payment_intent=intent["id"])))
+    posted(f"{intent['id']}:{obj['id']}", Operation.APPLY_PAYMENT)
+    before = balances(tryton, "1150", "1190", "6810")
+    customer_ref = f"{SOURCE}:{obj['customer']}"
+
+    dispute = se.dispute(intent)  # the card network takes the money back while the dispute runs
+    deliver(client, se.event("charge.dispute.created", dispute))
+    deliver(client, se.event("charge.dispute.funds_withdrawn", dispute))  # the same withdrawal, once
+    withdrawn = posted(f"{dispute['id']}:withdrawn", Operation.WITHDRAW_DISPUTED_FUNDS)
+    [move] = tryton.moves(f"{SOURCE}:{dispute['id']}:withdrawn")
+    assert move["state"] == "posted" and withdrawn.erp_id == str(move["id"])
+    after_withdrawal = balances(tryton, "1150", "1190", "6810")
+    assert after_withdrawal["1150"] - before["1150"] == Decimal("-61.50")  # left the card clearing account
+    assert after_withdrawal["1190"] - before["1190"] == Decimal("61.50")  # held as disputed
+    assert tryton.receivable(customer_ref) == Decimal("0") == billing_receivable(obj["customer"])  # still paid
+
+    deliver(client, se.event("charge.dispute.closed", se.dispute_closed(dispute, "lost")))
+    lost = posted(f"{dispute['id']}:lost", Operation.LOSE_DISPUTE)
+
+    assert lost.depends_on_key == withdrawn.idempotency_key
+    after_loss = balances(tryton, "1150", "1190", "6810")
+    assert after_loss["1190"] == before["1190"]
+    assert after_loss["6810"] - before["6810"] == Decimal("61.50")
+    assert after_loss["1150"] - before["1150"] == Decimal("-61.50")
+    assert tryton.receivable(customer_ref) == Decimal("0") == billing_receivable(obj["customer"])
+
+
+def test_dispute_won_reinstates_the_funds(client: Client, tryton: Any) -> None:
+    obj = new_invoice()
+    intent = se.payment_intent(obj["customer"], obj["id"], 6150)
+    dispute = se.dispute(intent, status="needs_response")
+    deliver(client, se.event("charge.dispute.created", dispute))  # before its payment: posted all the same
+    deliver(client, se.event("invoice.finalized", obj))
+    deliver(client, se.event("invoice.paid", se.paid(obj, payment_intent=intent["id"])))
+    posted(f"{intent['id']}:{obj['id']}", Operation.APPLY_PAYMENT)
+    posted(f"{dispute['id']}:withdrawn", Operation.WITHDRAW_DISPUTED_FUNDS)
+    before = balances(tryton, "1150", "1190", "6810")
+
+    won = se.dispute_closed(dispute, "won")
+    deliver(client, se.event("charge.dispute.funds_reinstated", won))
+    deliver(client, se.event("charge.dispute.closed", won))
+    posted(f"{dispute['id']}:reinstated", Operation.REINSTATE_DISPUTED_FUNDS)
+
+    after = balances(tryton, "1150", "1190", "6810")
+    assert after["1150"] - before["1150"] == Decimal("61.50")
+    assert after["1190"] - before["1190"] == Decimal("-61.50")
+    assert after["6810"] == before["6810"]
+    assert len(tryton.moves(f"{SOURCE}:{dispute['id']}:reinstated")) == 1
+    assert not Posting.objects.filter(source_id=f"{dispute['id']}:lost").exists()
+    assert tryton.receivable(f"{SOURCE}:{obj['customer']}") == Decimal("0") == billing_receivable(obj["customer"])
+
+
+def test_an_inquiry_moves_no_money(client: Client, tryton: Any) -> None:
+    obj = new_invoice()
+    intent = se.payment_intent(obj["customer"], obj["id"], 6150)
+    inquiry = se.dispute(intent, status="warning_needs_response")
+    deliver(client, se.event("charge.dispute.created", inquiry))
+    wait_for(
+        lambda: Dispute.objects.filter(source_id=inquiry["id"], status=Dispute.STATUS_INQUIRY).exists(),
+        what="the inquiry in the ledger",
+    )
+    assert not Posting.objects.filter(dispute__source_id=inquiry["id"]).exists()
+    assert tryton.moves(f"{SOURCE}:{inquiry['id']}:withdrawn") == []

@@ -52,6 +52,9 @@ class BlindConnector(ERPConnector):
     def write_off(self, doc: Any) -> PostResult:
         raise AssertionError("not reached")
 
+    def move_disputed_funds(self, doc: Any) -> PostResult:
+        raise AssertionError("not reached")
+
     def find_document(self, operation: str, external_ref: str) -> PostResult | None:
         raise NotImplementedError
 

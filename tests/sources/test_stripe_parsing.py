@@ -3,7 +3,7 @@ from decimal import Decimal
 
 import pytest
 
-from apps.ledger.commands import CreditMemoData, CustomerData, InvoiceData, PaymentData
+from apps.ledger.commands import CreditMemoData, CustomerData, DisputeData, InvoiceData, PaymentData
 from apps.sources import stripe_samples as se
 from apps.sources.base import IgnoredEvent, InvalidPayload
 from apps.sources.stripe import parse_event
@@ -124,3 +124,28 @@ def test_voided_and_uncollectible_invoices_carry_the_day_billing_changed_them() 
     [bad] = parse_event(se.event("invoice.marked_uncollectible", se.uncollectible(invoice_obj, 900)))
     assert (void.status, bad.status, bad.amount_paid_minor) == ("void", "uncollectible", 900)  # type: ignore[union-attr]
     assert void.status_date is not None and bad.status_date is not None  # type: ignore[union-attr]
+
+
+def test_dispute_events_become_dispute_commands_with_the_funds_state() -> None:
+    intent = se.payment_intent("cus_1", "in_1", 6150)
+    opened = se.dispute(intent)
+    [dispute] = parse_event(se.event("charge.dispute.created", opened, created=1_760_000_000))
+    assert isinstance(dispute, DisputeData)
+    assert (dispute.source_id, dispute.payment_source_id, dispute.amount_minor, dispute.currency) == (
+        opened["id"],
+        intent["id"],
+        6150,
+        "USD",
+    )
+    assert (dispute.status, dispute.reason, dispute.closed_on) == ("open", "fraudulent", None)
+
+    [lost] = parse_event(se.event("charge.dispute.closed", se.dispute_closed(opened, "lost"), created=1_760_086_400))
+    assert (lost.status, str(lost.closed_on)) == ("lost", "2025-10-10")  # type: ignore[union-attr]
+    [inquiry] = parse_event(se.event("charge.dispute.created", se.dispute(intent, status="warning_needs_response")))
+    assert inquiry.status == "inquiry"  # type: ignore[union-attr]
+
+
+def test_a_dispute_with_an_unknown_status_is_refused_by_name() -> None:
+    obj = {**se.dispute(se.payment_intent("cus_1", "in_1", 100)), "status": "escalated"}
+    with pytest.raises(InvalidPayload, match="unknown dispute status 'escalated'"):
+        parse_event(se.event("charge.dispute.updated", obj))
