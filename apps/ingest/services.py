@@ -141,7 +141,7 @@ def normalize_event(inbox_event_id: int) -> str:
                         _apply(source, command, event.correlation_id)
             except IgnoredEvent as exc:
                 return _finish(event, InboxStatus.IGNORED, str(exc))
-            except (InvalidPayload, NoRoute) as exc:
+            except (InvalidPayload, NoRoute, ledger.UnsupportedChange) as exc:
                 log.warning("event could not be normalized", extra={"inbox_event_id": event.pk, "reason": str(exc)})
                 return _finish(event, InboxStatus.FAILED, str(exc))
             return _finish(event, InboxStatus.PROCESSED, "")

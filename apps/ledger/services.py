@@ -36,6 +36,10 @@ _CUSTOMER_FIELDS = ("name", "email", "currency", "tax_id", "tax_id_type", "payme
 _CUSTOMER_ERP_FIELDS = ("name", "email", "tax_id", "bill_to")
 
 
+class UnsupportedChange(ValueError):
+    """Billing changed a record in a way the hub does not post; the message says what to do."""
+
+
 @dataclass(frozen=True)
 class Upserted:
     record: Customer | Invoice | Payment | CreditMemo | Dispute
@@ -341,6 +345,22 @@ def upsert_credit_memo(source: str, data: CreditMemoData, *, correlation_id: str
             before = {"status": memo.status}
             memo.status, memo.status_date = data.status, data.status_date
             audit.record("credit_memo.updated", memo, before=before, after={"status": memo.status})
+        if data.refunded_minor > memo.refunded_minor:
+            if memo.refunded_minor:
+                raise UnsupportedChange(
+                    f"Credit note {memo.number or memo.source_id} was refunded again in billing (now "
+                    f"{data.refunded_minor} minor units of {memo.currency} in all, {memo.refunded_minor} before). The "
+                    "hub posts one refund per credit note: record the further refund in the ERP by hand."
+                )
+            # Refunded after it was issued (Chargebee: refund_due, then refunded): the refund is planned now.
+            audit.record(
+                "credit_memo.refunded",
+                memo,
+                before={"refunded_minor": 0},
+                after={"refunded_minor": data.refunded_minor},
+            )
+            memo.refunded_minor = data.refunded_minor
+            changed = True
         memo.source_version = data.source_version
         memo.save()
         return Upserted(memo, created=False, changed=changed)
