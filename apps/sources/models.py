@@ -9,9 +9,10 @@ class BillingSource(models.Model):
     """One billing engine account (for Stripe: one account, i.e. one subsidiary) sending webhooks."""
 
     KIND_STRIPE = "stripe"
+    KIND_CHARGEBEE = "chargebee"
     KIND_CANONICAL = "canonical"
     # One per adapter in apps/sources/registry.py.
-    KIND_CHOICES = [(KIND_STRIPE, "Stripe"), (KIND_CANONICAL, "Canonical events API")]
+    KIND_CHOICES = [(KIND_STRIPE, "Stripe"), (KIND_CHARGEBEE, "Chargebee"), (KIND_CANONICAL, "Canonical events API")]
 
     name = models.SlugField(
         max_length=64,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from apps.sources.base import SourceAdapter
 from apps.sources.canonical import CanonicalAdapter
+from apps.sources.chargebee import ChargebeeAdapter
 from apps.sources.stripe import StripeAdapter
 
-ADAPTERS: dict[str, SourceAdapter] = {adapter.kind: adapter for adapter in (StripeAdapter(), CanonicalAdapter())}
+ADAPTERS: dict[str, SourceAdapter] = {
+    adapter.kind: adapter for adapter in (StripeAdapter(), ChargebeeAdapter(), CanonicalAdapter())
+}
 
 
 def adapter_for(kind: str) -> SourceAdapter:
