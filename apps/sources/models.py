@@ -10,9 +10,15 @@ class BillingSource(models.Model):
 
     KIND_STRIPE = "stripe"
     KIND_CHARGEBEE = "chargebee"
+    KIND_LAGO = "lago"
     KIND_CANONICAL = "canonical"
     # One per adapter in apps/sources/registry.py.
-    KIND_CHOICES = [(KIND_STRIPE, "Stripe"), (KIND_CHARGEBEE, "Chargebee"), (KIND_CANONICAL, "Canonical events API")]
+    KIND_CHOICES = [
+        (KIND_STRIPE, "Stripe"),
+        (KIND_CHARGEBEE, "Chargebee"),
+        (KIND_LAGO, "Lago"),
+        (KIND_CANONICAL, "Canonical events API"),
+    ]
 
     name = models.SlugField(
         max_length=64,

@@ -5,10 +5,11 @@ from __future__ import annotations
 from apps.sources.base import SourceAdapter
 from apps.sources.canonical import CanonicalAdapter
 from apps.sources.chargebee import ChargebeeAdapter
+from apps.sources.lago import LagoAdapter
 from apps.sources.stripe import StripeAdapter
 
 ADAPTERS: dict[str, SourceAdapter] = {
-    adapter.kind: adapter for adapter in (StripeAdapter(), ChargebeeAdapter(), CanonicalAdapter())
+    adapter.kind: adapter for adapter in (StripeAdapter(), ChargebeeAdapter(), LagoAdapter(), CanonicalAdapter())
 }
 
 

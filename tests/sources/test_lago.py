@@ -1,0 +1,407 @@
+import base64
+import hashlib
+import hmac
+import json
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import jwt
+import pytest
+
+from apps.ledger.commands import CreditMemoData, CustomerData, InvoiceData, PaymentData
+from apps.sources import lago_samples as samples
+from apps.sources.base import IgnoredEvent, InvalidPayload, SignatureError
+from apps.sources.lago import LagoAdapter, payment_id
+
+ADAPTER = LagoAdapter()
+HMAC_KEY = "hmac_current_key"
+PRIVATE_KEY, PUBLIC_KEY = samples.rsa_key_pair()
+OTHER_PRIVATE_KEY, OTHER_PUBLIC_KEY = samples.rsa_key_pair()
+
+
+def lowered(headers: dict[str, str]) -> dict[str, str]:
+    return {key.lower(): value for key, value in headers.items()}
+
+
+def customer_body() -> bytes:
+    return samples.body(samples.webhook("customer.created", samples.customer()))
+
+
+def parse(message: dict[str, Any]) -> list[Any]:
+    return ADAPTER.parse(samples.body(message))
+
+
+def invoice_of(commands: list[Any]) -> InvoiceData:
+    [invoice] = [command for command in commands if isinstance(command, InvoiceData)]
+    return invoice
+
+
+def reconciles(document: InvoiceData | CreditMemoData) -> bool:
+    return (
+        sum(line.amount_minor for line in document.lines) == document.subtotal_minor
+        and sum(line.tax_minor for line in document.lines) == document.tax_minor
+        and document.subtotal_minor + document.tax_minor == document.total_minor
+    )
+
+
+# --- HMAC ----------------------------------------------------------------------------------------
+
+
+def test_hmac_signed_webhook_is_accepted_and_named_by_its_unique_key() -> None:
+    body = customer_body()
+    headers = samples.headers(body, hmac_key=HMAC_KEY, unique_key="0f1e2d3c-unique")
+    envelope = ADAPTER.verify(body, lowered(headers), [HMAC_KEY])
+    assert envelope.event_id == "0f1e2d3c-unique"
+    assert envelope.event_type == "customer.created"
+    assert envelope.object_id == json.loads(body)["customer"]["lago_id"]
+
+
+def test_a_webhook_signed_with_the_previous_hmac_key_is_accepted_during_rotation() -> None:
+    body = customer_body()
+    headers = lowered(samples.headers(body, hmac_key="hmac_previous_key"))
+    ADAPTER.verify(body, headers, [HMAC_KEY, "hmac_previous_key"])
+    ADAPTER.verify(body, headers, [PUBLIC_KEY, "hmac_previous_key"])  # a public key beside it is not tried
+
+
+def test_hmac_with_a_wrong_key_or_a_tampered_body_is_refused() -> None:
+    body = customer_body()
+    headers = lowered(samples.headers(body, hmac_key="hmac_retired_key"))
+    with pytest.raises(SignatureError, match="does not match the body for any configured HMAC key"):
+        ADAPTER.verify(body, headers, [HMAC_KEY])
+    good = lowered(samples.headers(body, hmac_key=HMAC_KEY))
+    with pytest.raises(SignatureError, match="does not match"):
+        ADAPTER.verify(body.replace(b"ACME", b"EVIL"), good, [HMAC_KEY])
+
+
+def test_missing_signature_algorithm_or_secret_is_refused_with_a_reason() -> None:
+    body = customer_body()
+    headers = lowered(samples.headers(body, hmac_key=HMAC_KEY))
+    with pytest.raises(SignatureError, match="Missing X-Lago-Signature header"):
+        ADAPTER.verify(body, {k: v for k, v in headers.items() if k != "x-lago-signature"}, [HMAC_KEY])
+    with pytest.raises(SignatureError, match="Missing X-Lago-Signature-Algorithm header"):
+        ADAPTER.verify(body, {k: v for k, v in headers.items() if k != "x-lago-signature-algorithm"}, [HMAC_KEY])
+    with pytest.raises(SignatureError, match="Unknown X-Lago-Signature-Algorithm 'sha1'"):
+        ADAPTER.verify(body, {**headers, "x-lago-signature-algorithm": "sha1"}, [HMAC_KEY])
+    with pytest.raises(SignatureError, match="No webhook secret is configured"):
+        ADAPTER.verify(body, headers, [])
+    with pytest.raises(SignatureError, match="only has JWT public keys"):
+        ADAPTER.verify(body, headers, [PUBLIC_KEY])
+
+
+# --- JWT -----------------------------------------------------------------------------------------
+
+
+def test_jwt_signed_webhook_is_accepted_with_lagos_public_key() -> None:
+    body = customer_body()
+    headers = lowered(samples.headers(body, private_key=PRIVATE_KEY))
+    assert ADAPTER.verify(body, headers, [HMAC_KEY, PUBLIC_KEY]).event_type == "customer.created"
+    # As GET /api/v1/webhooks/public_key answers it (base64 of the PEM), and as an env var with \n escapes.
+    ADAPTER.verify(body, headers, [base64.encodebytes(PUBLIC_KEY.encode()).decode()])
+    ADAPTER.verify(body, headers, [PUBLIC_KEY.replace("\n", "\\n")])
+
+
+def test_jwt_signed_with_another_key_is_refused() -> None:
+    body = customer_body()
+    headers = lowered(samples.headers(body, private_key=OTHER_PRIVATE_KEY))
+    with pytest.raises(SignatureError, match="not signed by any configured Lago public key"):
+        ADAPTER.verify(body, headers, [PUBLIC_KEY])
+    with pytest.raises(SignatureError, match="no Lago public key"):
+        ADAPTER.verify(body, headers, [HMAC_KEY])
+    broken = (
+        "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAbroken\n-----END PUBLIC KEY-----\n"
+    )
+    with pytest.raises(SignatureError, match=r"1 configured public key\(s\) could not be read"):
+        ADAPTER.verify(body, headers, [broken])
+
+
+def test_a_genuine_jwt_replayed_on_an_altered_body_is_refused() -> None:
+    body = customer_body()
+    headers = lowered(samples.headers(body, private_key=PRIVATE_KEY))
+    with pytest.raises(SignatureError, match="signed by Lago for another body"):
+        ADAPTER.verify(body.replace(b"ACME", b"EVIL"), headers, [PUBLIC_KEY])
+
+
+def test_unsigned_or_malformed_jwts_are_refused() -> None:
+    body = customer_body()
+    unsigned = jwt.encode({"data": body.decode(), "iss": samples.LAGO_API_URL}, key=None, algorithm="none")
+    headers = lowered(samples.headers(body, private_key=PRIVATE_KEY))
+    with pytest.raises(SignatureError, match="not a valid Lago JWT"):
+        ADAPTER.verify(body, {**headers, "x-lago-signature": unsigned}, [PUBLIC_KEY])
+    with pytest.raises(SignatureError, match="not a valid Lago JWT"):
+        ADAPTER.verify(body, {**headers, "x-lago-signature": "garbage"}, [PUBLIC_KEY])
+    # The public key used as an HMAC secret (algorithm confusion) is not accepted.
+    segments = [
+        base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=")
+        for part in ({"alg": "HS256", "typ": "JWT"}, {"data": body.decode(), "iss": samples.LAGO_API_URL})
+    ]
+    signing_input = b".".join(segments)
+    mac = base64.urlsafe_b64encode(hmac.new(PUBLIC_KEY.encode(), signing_input, hashlib.sha256).digest()).rstrip(b"=")
+    confused = (signing_input + b"." + mac).decode()
+    with pytest.raises(SignatureError, match="not a valid Lago JWT"):
+        ADAPTER.verify(body, {**headers, "x-lago-signature": confused}, [PUBLIC_KEY])
+    no_issuer = jwt.encode({"data": body.decode()}, PRIVATE_KEY, algorithm="RS256")
+    with pytest.raises(SignatureError, match="iss"):
+        ADAPTER.verify(body, {**headers, "x-lago-signature": no_issuer}, [PUBLIC_KEY])
+
+
+# --- envelope ------------------------------------------------------------------------------------
+
+
+def test_without_a_unique_key_the_event_id_is_stable_for_retries_and_new_for_an_update() -> None:
+    customer = samples.customer(updated_at="2025-03-01T10:00:00Z")
+    body = samples.body(samples.webhook("customer.updated", customer))
+    headers = lowered(samples.headers(body, hmac_key=HMAC_KEY))
+    del headers["x-lago-unique-key"]
+    first = ADAPTER.verify(body, headers, [HMAC_KEY]).event_id
+    assert first == ADAPTER.verify(body, headers, [HMAC_KEY]).event_id
+    assert first == f"customer.updated:{customer['lago_id']}:2025-03-01T10:00:00Z"
+    later = samples.body(samples.webhook("customer.updated", {**customer, "updated_at": "2025-03-02T10:00:00Z"}))
+    assert (
+        ADAPTER.verify(
+            later, lowered(samples.headers(later, hmac_key=HMAC_KEY)) | {"x-lago-unique-key": ""}, [HMAC_KEY]
+        ).event_id
+        != first
+    )
+
+
+def test_a_body_that_is_not_a_lago_webhook_is_invalid() -> None:
+    for body, message in [
+        (b"{nope", "not valid JSON"),
+        (b'{"type": "invoice"}', "needs 'webhook_type'"),
+        (b'{"webhook_type": "invoice.created", "object_type": "invoice"}', "no object under its object_type"),
+    ]:
+        with pytest.raises(InvalidPayload, match=message):
+            ADAPTER.verify(body, lowered(samples.headers(body, hmac_key=HMAC_KEY)), [HMAC_KEY])
+
+
+# --- customers -----------------------------------------------------------------------------------
+
+
+def test_customer_webhook_becomes_customer_data_named_by_lago_id() -> None:
+    customer = samples.customer(updated_at="2025-03-01T10:00:00Z")
+    [data] = parse(samples.webhook("customer.created", customer))
+    assert isinstance(data, CustomerData)
+    assert data.source_id == customer["lago_id"]
+    assert data.name == "ACME Corporation Inc."
+    assert (data.email, data.currency, data.tax_id, data.payment_terms_days) == (
+        "ap@acme.example",
+        "USD",
+        "US123456789",
+        30,
+    )
+    assert data.bill_to == {
+        "line1": "5230 Penfield Ave",
+        "line2": "",
+        "city": "Woodland Hills",
+        "postal_code": "91364",
+        "state": "CA",
+        "country": "US",
+    }
+    assert data.sold_to == {}
+    assert data.snapshot is False
+    assert data.source_version == int(datetime(2025, 3, 1, 10, tzinfo=UTC).timestamp() * 1000)
+
+
+def test_a_later_customer_update_has_a_higher_source_version() -> None:
+    customer = samples.customer(updated_at="2025-03-01T10:00:00Z")
+    [before] = parse(samples.webhook("customer.created", customer))
+    [after] = parse(samples.webhook("customer.updated", {**customer, "updated_at": "2025-03-01T10:00:01Z"}))
+    assert after.source_version > before.source_version
+
+
+# --- invoices ------------------------------------------------------------------------------------
+
+
+def test_finalized_invoice_is_posted_open_with_exact_amounts() -> None:
+    customer = samples.customer()
+    plan = samples.fee(10000, code="startup", name="Startup plan", period_start=date(2025, 3, 1))
+    usage = samples.fee(2550, units="51.0", code="api_calls", name="API calls", fee_type="charge")
+    empty = samples.fee(0, units="0.0", code="storage", name="Storage", fee_type="charge")
+    invoice = samples.invoice(customer, [plan, usage, empty], number="ACME-001", issuing_date=date(2025, 3, 31))
+    commands = parse(samples.webhook("invoice.created", invoice))
+    assert len(commands) == 1
+    data = invoice_of(commands)
+    assert data.source_id == invoice["lago_id"]
+    assert (data.number, data.status, data.currency) == ("ACME-001", "open", "USD")
+    assert (data.subtotal_minor, data.tax_minor, data.total_minor, data.amount_paid_minor) == (12550, 2510, 15060, 0)
+    assert (data.invoice_date, data.due_date) == (date(2025, 3, 31), date(2025, 4, 30))
+    assert [(line.description, line.amount_minor, line.tax_minor) for line in data.lines] == [
+        ("Startup plan", 10000, 2000),
+        ("API calls", 2550, 510),
+    ]
+    usage_line = data.lines[1]
+    assert (usage_line.quantity, usage_line.unit_amount_minor) == (Decimal("51.0"), 50)
+    assert (usage_line.source_line_id, usage_line.product_source_id) == (usage["lago_id"], "api_calls")
+    assert data.lines[0].period_start == date(2025, 3, 1)
+    assert data.customer.source_id == customer["lago_id"] and data.customer.snapshot is True
+    assert reconciles(data)
+
+
+def test_coupons_and_progressive_billing_credit_become_negative_lines_that_reconcile() -> None:
+    invoice = samples.invoice(
+        samples.customer(),
+        [samples.fee(10000, taxes_amount_cents=1600)],
+        coupons_amount_cents=1500,
+        progressive_billing_credit_amount_cents=500,
+        taxes_amount_cents=1600,
+    )
+    data = invoice_of(parse(samples.webhook("invoice.created", invoice)))
+    assert (data.subtotal_minor, data.tax_minor, data.total_minor) == (8000, 1600, 9600)
+    assert [(line.description, line.amount_minor, line.price_id) for line in data.lines[1:]] == [
+        ("Coupons", -1500, "coupons"),
+        ("Usage already billed", -500, "progressive_billing_credit"),
+    ]
+    assert reconciles(data)
+
+
+def test_a_cent_of_tax_rounding_between_fees_and_invoice_is_settled_on_the_lines() -> None:
+    fees = [samples.fee(333, taxes_rate=10.0), samples.fee(333, taxes_rate=10.0), samples.fee(334, taxes_rate=10.0)]
+    assert sum(item["taxes_amount_cents"] for item in fees) == 99  # each rounded: 33 + 33 + 33
+    invoice = samples.invoice(samples.customer(), fees, taxes_amount_cents=100)  # round(99.99)
+    data = invoice_of(parse(samples.webhook("invoice.created", invoice)))
+    assert data.tax_minor == 100
+    assert sorted(line.tax_minor for line in data.lines) == [33, 33, 34]
+    assert reconciles(data)
+
+
+def test_paid_invoice_brings_a_payment_for_what_the_customer_paid() -> None:
+    customer = samples.customer(payment_provider="gocardless")
+    invoice = samples.invoice(
+        customer,
+        [samples.fee(10000)],
+        payment_status="succeeded",
+        prepaid_credit_amount_cents=2000,
+        updated_at="2025-04-02T09:30:00Z",
+    )
+    commands = parse(samples.webhook("invoice.payment_status_updated", invoice))
+    data = invoice_of(commands)
+    [payment] = [command for command in commands if isinstance(command, PaymentData)]
+    assert (data.status, data.total_minor, data.amount_paid_minor, data.status_date) == (
+        "paid",
+        12000,
+        10000,
+        date(2025, 4, 2),
+    )
+    assert payment.source_id == payment_id(invoice["lago_id"]) == f"{invoice['lago_id']}:payment"
+    assert (payment.amount_minor, payment.currency, payment.method) == (10000, "USD", "gocardless")
+    assert payment.customer_source_id == customer["lago_id"]
+    assert payment.settled_at == datetime(2025, 4, 2, 9, 30, tzinfo=UTC)
+    assert [(a.invoice_source_id, a.amount_minor) for a in payment.applications] == [(invoice["lago_id"], 10000)]
+    # A redelivery names the same payment, so it is not counted twice.
+    [_, again] = parse(samples.webhook("invoice.payment_status_updated", invoice))
+    assert again.source_id == payment.source_id
+
+
+def test_invoice_paid_entirely_by_prepaid_credits_brings_no_payment() -> None:
+    invoice = samples.invoice(
+        samples.customer(), [samples.fee(10000)], payment_status="succeeded", prepaid_credit_amount_cents=12000
+    )
+    commands = parse(samples.webhook("invoice.payment_status_updated", invoice))
+    assert [type(command) for command in commands] == [InvoiceData]
+    assert invoice_of(commands).status == "paid"
+
+
+def test_failed_payment_leaves_the_invoice_open_without_payment() -> None:
+    invoice = samples.invoice(samples.customer(), [samples.fee(10000)], payment_status="failed")
+    commands = parse(samples.webhook("invoice.payment_status_updated", invoice))
+    assert [type(command) for command in commands] == [InvoiceData]
+    assert invoice_of(commands).status == "open"
+
+
+def test_voided_invoice_is_void_on_the_day_lago_voided_it() -> None:
+    invoice = samples.invoice(
+        samples.customer(), [samples.fee(10000)], status="voided", voided_at="2025-05-06T12:00:00Z"
+    )
+    data = invoice_of(parse(samples.webhook("invoice.voided", invoice)))
+    assert (data.status, data.status_date, data.total_minor) == ("void", date(2025, 5, 6), 12000)
+
+
+def test_a_later_invoice_update_has_a_higher_source_version() -> None:
+    invoice = samples.invoice(samples.customer(), [samples.fee(10000)], updated_at="2025-04-01T00:00:00Z")
+    created = invoice_of(parse(samples.webhook("invoice.created", invoice)))
+    paid_invoice = {**invoice, "payment_status": "succeeded", "updated_at": "2025-04-03T08:00:00Z"}
+    paid = invoice_of(parse(samples.webhook("invoice.payment_status_updated", paid_invoice)))
+    assert paid.source_version > created.source_version
+
+
+def test_draft_invoices_and_lost_disputes_are_ignored_with_a_reason() -> None:
+    draft = samples.invoice(samples.customer(), [samples.fee(10000)], status="draft", number="ACME-DRAFT")
+    with pytest.raises(IgnoredEvent, match="draft can still change"):
+        parse(samples.webhook("invoice.drafted", draft))
+    with pytest.raises(IgnoredEvent, match="only finalized and voided invoices are posted"):
+        parse(samples.webhook("invoice.created", draft))
+    lost = samples.invoice(samples.customer(), [samples.fee(10000)], payment_status="succeeded", number="ACME-042")
+    with pytest.raises(IgnoredEvent, match="chargeback on invoice ACME-042 in the ERP by hand"):
+        parse(samples.payment_dispute_lost(lost))
+
+
+@pytest.mark.parametrize("webhook_type", ["subscription.started", "credit_note.generated", "invoice.generated"])
+def test_other_webhook_types_are_not_posted(webhook_type: str) -> None:
+    message = samples.webhook(webhook_type, {"lago_id": samples.uid()})
+    with pytest.raises(IgnoredEvent, match=f"^Lago webhook type {webhook_type} is not posted by this hub version.$"):
+        parse(message)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda invoice: invoice.update(total_amount_cents=12000.5), "total_amount_cents"),
+        (lambda invoice: invoice["fees"][0].update(amount_cents=100.0), "amount_cents"),
+        (lambda invoice: invoice.update(taxes_amount_cents="2000"), "taxes_amount_cents"),
+    ],
+)
+def test_non_integer_cents_are_refused_naming_the_field(change: Any, field: str) -> None:
+    invoice = samples.invoice(samples.customer(), [samples.fee(10000)], number="ACME-007")
+    change(invoice)
+    with pytest.raises(InvalidPayload, match=f"Invoice ACME-007.*'{field}' must be an integer amount in cents"):
+        parse(samples.webhook("invoice.created", invoice))
+
+
+# --- credit notes --------------------------------------------------------------------------------
+
+
+def test_credit_note_becomes_a_credit_memo_against_its_invoice() -> None:
+    plan, usage = samples.fee(10000), samples.fee(5000, taxes_rate=10.0, code="api_calls", name="API calls")
+    invoice = samples.invoice(samples.customer(), [plan, usage], payment_status="succeeded")
+    note = samples.credit_note(
+        invoice, [samples.credit_item(plan, 3000), samples.credit_item(usage, 1000)], refund_amount_cents=2000
+    )
+    [memo] = parse(samples.webhook("credit_note.created", note))
+    assert isinstance(memo, CreditMemoData)
+    assert (memo.source_id, memo.invoice_source_id) == (note["lago_id"], invoice["lago_id"])
+    assert memo.customer_source_id == invoice["customer"]["lago_id"]
+    assert (memo.status, memo.currency, memo.reason) == ("issued", "USD", "other — Service outage")
+    assert (memo.subtotal_minor, memo.tax_minor, memo.total_minor, memo.refunded_minor) == (4000, 700, 4700, 2000)
+    assert [(line.amount_minor, line.tax_minor, line.invoice_line_source_id) for line in memo.lines] == [
+        (3000, 600, plan["lago_id"]),
+        (1000, 100, usage["lago_id"]),
+    ]
+    assert reconciles(memo)
+
+
+def test_credit_note_on_a_discounted_invoice_gives_back_the_coupons_share() -> None:
+    plan = samples.fee(10000)
+    invoice = samples.invoice(samples.customer(), [plan], coupons_amount_cents=1000)
+    note = samples.credit_note(invoice, [samples.credit_item(plan, 5000)], coupons_adjustment_amount_cents=500)
+    [memo] = parse(samples.webhook("credit_note.created", note))
+    assert (memo.subtotal_minor, memo.tax_minor, memo.total_minor) == (4500, 900, 5400)
+    assert [(line.description, line.amount_minor) for line in memo.lines] == [("Startup plan", 5000), ("Coupons", -500)]
+    assert memo.lines[1].invoice_line_source_id == f"{invoice['lago_id']}:coupons"
+    assert reconciles(memo)
+
+
+def test_a_failed_refund_is_not_money_paid_back() -> None:
+    plan = samples.fee(10000)
+    invoice = samples.invoice(samples.customer(), [plan])
+    note = samples.credit_note(invoice, [samples.credit_item(plan, 10000)], refund_status="failed")
+    [memo] = parse(samples.webhook("credit_note.created", note))
+    assert (memo.total_minor, memo.refunded_minor) == (12000, 0)
+
+
+def test_credit_note_with_float_cents_is_refused_naming_the_field() -> None:
+    plan = samples.fee(10000)
+    note = samples.credit_note(samples.invoice(samples.customer(), [plan]), [samples.credit_item(plan, 1000)])
+    note["refund_amount_cents"] = 1200.0
+    with pytest.raises(InvalidPayload, match=r"Credit note .*'refund_amount_cents' must be an integer amount in cents"):
+        parse(samples.webhook("credit_note.created", note))
