@@ -21,6 +21,7 @@ from apps.connectors.documents import (
     CustomerDocument,
     DisputeMovementDocument,
     InvoiceDocument,
+    OnAccountDocument,
     PaymentDocument,
     PostResult,
     RefundDocument,
@@ -43,6 +44,9 @@ WRITE_OFF_SUFFIX = ":write-off"
 OPERATION_WITHDRAW_DISPUTED_FUNDS = "withdraw_disputed_funds"
 OPERATION_REINSTATE_DISPUTED_FUNDS = "reinstate_disputed_funds"
 OPERATION_LOSE_DISPUTE = "lose_dispute"
+OPERATION_RECEIVE_ON_ACCOUNT = "receive_on_account"
+OPERATION_APPLY_CREDIT = "apply_credit"
+ON_ACCOUNT_SUFFIX = ":on-account"
 # A dispute's movements, each with the suffix of its external reference.
 DISPUTE_MOVEMENTS = {
     OPERATION_WITHDRAW_DISPUTED_FUNDS: "withdrawn",
@@ -96,6 +100,16 @@ class ERPConnector(abc.ABC):
     def write_off(self, doc: WriteOffDocument) -> PostResult:
         """Write off what is left of the invoice to the bad-debt account; idempotent on
         ``doc.external_ref``. Refuses when the ERP's open amount is not billing's."""
+
+    @abc.abstractmethod
+    def receive_on_account(self, doc: OnAccountDocument) -> PostResult:
+        """Record cash that is not applied to an invoice as the customer's credit; idempotent on
+        ``doc.external_ref``."""
+
+    @abc.abstractmethod
+    def apply_credit(self, doc: PaymentDocument) -> PostResult:
+        """Settle ``doc.amount_minor`` of the invoice from the customer's credit (no new cash);
+        idempotent on ``doc.external_ref``."""
 
     @abc.abstractmethod
     def move_disputed_funds(self, doc: DisputeMovementDocument) -> PostResult:

@@ -77,6 +77,22 @@ class PaymentDocument:
 
 
 @dataclass(frozen=True)
+class OnAccountDocument:
+    """Cash received and not applied to any invoice: it stays on the customer's account as credit
+    (a credit on the receivable, without an invoice) until billing applies it."""
+
+    external_ref: str  # "<source>:<payment source_id>:on-account"
+    payment_ref: str
+    customer_ref: str
+    customer_erp_id: str
+    currency: str
+    amount_minor: int
+    received_on: date
+    payment_journal: str
+    correlation_id: str = ""
+
+
+@dataclass(frozen=True)
 class CreditMemoDocument:
     """A credit note against a posted invoice. Lines carry positive amounts (what is credited);
     the connector records them the way its ERP records a credit note."""

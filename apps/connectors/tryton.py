@@ -29,10 +29,12 @@ import requests
 
 from apps.connectors.base import (
     DISPUTE_MOVEMENTS,
+    OPERATION_APPLY_CREDIT,
     OPERATION_APPLY_PAYMENT,
     OPERATION_ENSURE_CUSTOMER,
     OPERATION_POST_CREDIT_MEMO,
     OPERATION_POST_INVOICE,
+    OPERATION_RECEIVE_ON_ACCOUNT,
     OPERATION_REFUND_CREDIT_MEMO,
     OPERATION_VOID_CREDIT_MEMO,
     OPERATION_VOID_INVOICE,
@@ -46,6 +48,7 @@ from apps.connectors.documents import (
     CustomerDocument,
     DisputeMovementDocument,
     InvoiceDocument,
+    OnAccountDocument,
     PaymentDocument,
     PostResult,
     RefundDocument,
@@ -364,6 +367,14 @@ class TrytonConnector(ERPConnector):
         if operation == OPERATION_WRITE_OFF:
             move = self._find_move(external_ref)
             return PostResult(str(move["id"]), move.get("number") or "", {"action": "written off"}) if move else None
+        if operation == OPERATION_RECEIVE_ON_ACCOUNT:
+            move = self._find_move(external_ref)
+            if move is None or move["state"] != "posted":
+                return None
+            return PostResult(str(move["id"]), move.get("number") or "", {"action": "received on account"})
+        if operation == OPERATION_APPLY_CREDIT:
+            line = self._find_credit_application(external_ref)
+            return PostResult(str(line["id"]), external_ref, {"action": "applied from credit"}) if line else None
         if operation in DISPUTE_MOVEMENTS:
             move = self._find_move(external_ref)
             if move is None or move["state"] != "posted":
@@ -794,21 +805,18 @@ class TrytonConnector(ERPConnector):
 
     def move_disputed_funds(self, doc: DisputeMovementDocument) -> PostResult:
         """One posted journal entry per movement, in the payment method's journal, described with
-        our reference. A draft left by an interrupted call is posted rather than made again."""
+        our reference."""
         existing = self._find_move(doc.external_ref)
         if existing is not None and existing["state"] == "posted":
             return PostResult(str(existing["id"]), existing.get("number") or "", {"action": f"already {doc.movement}"})
-        method_id = self._payment_method_id(doc.payment_journal)
-        [method] = self._read("account.invoice.payment.method", [method_id], ["journal", "debit_account", "company"])
-        company_currency = self._company_currency(int(method["company"]))
-        if company_currency and company_currency != doc.currency:
-            raise BusinessRuleError(
-                "dispute_in_foreign_currency",
-                f"The dispute {doc.dispute_ref} is in {doc.currency}; the hub posts disputes to Tryton only in the "
-                f"company currency ({company_currency}). Record it by hand in Tryton, then skip this posting.",
-                f"dispute currency {doc.currency} != company currency {company_currency}",
-                params={"currency": doc.currency},
-            )
+        method = self._payment_method(doc.payment_journal)
+        self._require_company_currency(
+            method,
+            doc.currency,
+            "dispute_in_foreign_currency",
+            f"The dispute {doc.dispute_ref} is in {doc.currency}; the hub posts disputes to Tryton only in the "
+            "company currency ({company}). Record it by hand in Tryton, then skip this posting.",
+        )
         cash = int(method["debit_account"])
         disputed = self._account_id(doc.dispute_account, "dispute_account")
         debit, credit = {
@@ -819,44 +827,162 @@ class TrytonConnector(ERPConnector):
         if not debit:
             raise ConfigurationError(f"a lost dispute needs a loss account: {doc.external_ref}")
         amount = to_decimal(doc.amount_minor, doc.currency)
+        label = f"Dispute {doc.dispute_ref} on payment {doc.payment_ref}: funds {doc.movement}"
+        move = self._post_move(
+            method,
+            doc.moved_on,
+            doc.external_ref,
+            [{"account": debit, "debit": amount}, {"account": credit, "credit": amount}],
+            label,
+            existing,
+        )
+        return PostResult(str(move["id"]), move.get("number") or "", {"action": doc.movement})
+
+    # -- customer credit ------------------------------------------------------------------
+
+    def receive_on_account(self, doc: OnAccountDocument) -> PostResult:
+        """Cash in, credited to the customer's receivable without an invoice: Tryton shows it as
+        the customer's credit, and the receivable balance goes down by it."""
+        existing = self._find_move(doc.external_ref)
+        if existing is not None and existing["state"] == "posted":
+            return PostResult(str(existing["id"]), existing.get("number") or "", {"action": "already received"})
+        method = self._payment_method(doc.payment_journal)
+        self._require_company_currency(
+            method,
+            doc.currency,
+            "unapplied_cash_in_foreign_currency",
+            f"Payment {doc.payment_ref} left {doc.currency} unapplied; the hub posts unapplied cash to Tryton only in "
+            "the company currency ({company}). Record it by hand in Tryton, then skip this posting.",
+        )
+        party_id = int(doc.customer_erp_id)
+        amount = to_decimal(doc.amount_minor, doc.currency)
+        move = self._post_move(
+            method,
+            doc.received_on,
+            doc.external_ref,
+            [
+                {"account": int(method["debit_account"]), "debit": amount},
+                {"account": self._receivable_of(party_id), "credit": amount, "party": party_id},
+            ],
+            f"Unapplied cash from payment {doc.payment_ref}",
+            existing,
+        )
+        return PostResult(str(move["id"]), move.get("number") or "", {"action": "received on account"})
+
+    def apply_credit(self, doc: PaymentDocument) -> PostResult:
+        """Settle part of an invoice from the customer's credit: a transfer within the customer's
+        receivable (debit the credit, credit the invoice), whose credit line becomes a payment line
+        of the invoice. No cash moves."""
+        invoice_id = int(doc.invoice_erp_id)
+        existing = self._find_move(doc.external_ref)
+        if existing is None or existing["state"] != "posted":
+            [invoice] = self._read("account.invoice", [invoice_id], ["state", "amount_to_pay", "number", "account"])
+            amount = to_decimal(doc.amount_minor, doc.currency)
+            if invoice["state"] == "paid" or invoice["amount_to_pay"] < amount:
+                raise BusinessRuleError(
+                    "overpayment",
+                    f"Tryton invoice {invoice['number']} has {invoice['amount_to_pay']} left to pay; applying "
+                    f"{amount} {doc.currency} of customer credit does not fit. Check for a payment recorded by hand "
+                    "in Tryton.",
+                    f"invoice {invoice_id} state {invoice['state']} amount_to_pay {invoice['amount_to_pay']}",
+                    params={"erp_total": str(invoice["amount_to_pay"]), "billing_total": str(amount)},
+                )
+            party_id = int(doc.customer_erp_id)
+            receivable = int(invoice["account"])
+            self._post_move(
+                self._payment_method(doc.payment_journal),
+                doc.paid_on,
+                doc.external_ref,
+                [
+                    {"account": receivable, "debit": amount, "party": party_id},
+                    {"account": receivable, "credit": amount, "party": party_id},
+                ],
+                f"Customer credit applied to {doc.invoice_ref}",
+                existing,
+            )
+        [line] = self._search_read(
+            "account.move.line",
+            [["move.description", "=", doc.external_ref], ["credit", ">", 0]],
+            ["id", "invoice_payment"],
+            limit=1,
+        )
+        if not line.get("invoice_payment"):
+            self.rpc.call(
+                "model.account.invoice.write", [[invoice_id], {"payment_lines": [["add", [line["id"]]]]}], writes=True
+            )
+        [invoice] = self._read("account.invoice", [invoice_id], ["amount_to_pay", "lines_to_pay", "payment_lines"])
+        if invoice["amount_to_pay"] == 0:
+            self._reconcile(self._unreconciled(*invoice["lines_to_pay"], *invoice["payment_lines"]))
+        return PostResult(str(line["id"]), doc.external_ref, {"action": "applied from credit"})
+
+    def _find_credit_application(self, external_ref: str) -> dict[str, Any] | None:
+        found = self._search_read(
+            "account.move.line",
+            [["move.description", "=", external_ref], ["credit", ">", 0], ["invoice_payment", "!=", None]],
+            ["id"],
+            limit=1,
+        )
+        return found[0] if found else None
+
+    # -- journal entries ------------------------------------------------------------------
+
+    def _payment_method(self, name: str) -> dict[str, Any]:
+        [method] = self._read(
+            "account.invoice.payment.method", [self._payment_method_id(name)], ["journal", "debit_account", "company"]
+        )
+        return method
+
+    def _require_company_currency(self, method: dict[str, Any], currency: str, code: str, message: str) -> None:
+        company_currency = self._company_currency(int(method["company"]))
+        if company_currency and company_currency != currency:
+            raise BusinessRuleError(
+                code,
+                message.format(company=company_currency),
+                f"document currency {currency} != company currency {company_currency}",
+                params={"currency": currency},
+            )
+
+    def _receivable_of(self, party_id: int) -> int:
+        [party] = self._read("party.party", [party_id], ["account_receivable"])
+        return int(party.get("account_receivable") or self._default_receivable())
+
+    def _post_move(
+        self,
+        method: dict[str, Any],
+        on: datetime.date,
+        reference: str,
+        lines: list[dict[str, Any]],
+        label: str,
+        existing: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """Create (unless a draft with ``reference`` was left by an interrupted call) and post a
+        journal entry in the payment method's journal, described with ``reference``."""
         if existing is not None:
             move_id = int(existing["id"])
         else:
-            label = f"Dispute {doc.dispute_ref} on payment {doc.payment_ref}: funds {doc.movement}"
+            company = int(method["company"])
+            values = [{"debit": Decimal(0), "credit": Decimal(0), "description": label, **line} for line in lines]
             [move_id] = self.rpc.call(
                 "model.account.move.create",
                 [
                     [
                         {
                             "journal": int(method["journal"]),
-                            "company": int(method["company"]),
-                            "period": self._period_id(int(method["company"]), doc.moved_on),
-                            "date": doc.moved_on,
-                            "description": doc.external_ref,
-                            "lines": [
-                                [
-                                    "create",
-                                    [
-                                        {"account": debit, "debit": amount, "credit": Decimal(0), "description": label},
-                                        {
-                                            "account": credit,
-                                            "debit": Decimal(0),
-                                            "credit": amount,
-                                            "description": label,
-                                        },
-                                    ],
-                                ]
-                            ],
+                            "company": company,
+                            "period": self._period_id(company, on),
+                            "date": on,
+                            "description": reference,
+                            "lines": [["create", values]],
                         }
                     ]
                 ],
                 writes=True,
             )
         self.rpc.call("model.account.move.post", [[int(move_id)]], writes=True)
-        move = self._find_move(doc.external_ref)
+        move = self._find_move(reference)
         if move is None or move["state"] != "posted":
-            raise UncertainOutcome(f"the dispute move {move_id} for {doc.external_ref} is not posted")
-        return PostResult(str(move["id"]), move.get("number") or "", {"action": doc.movement})
+            raise UncertainOutcome(f"the move {move_id} for {reference} is not posted")
+        return move
 
     def _company_currency(self, company_id: int) -> str:
         if company_id not in self._company_currencies:

@@ -189,6 +189,13 @@ CATALOGUE: dict[str, Entry] = {
         "hand in the ERP, then skip this posting with a reason.",
         FIX_IN_BILLING,
     ),
+    "unapplied_cash_in_foreign_currency": Entry(
+        B,
+        "Currency not supported",
+        "{document} is in {currency}; the hub posts unapplied cash to {erp} only in the company currency. Record "
+        "it by hand in the ERP, then skip this posting with a reason.",
+        FIX_IN_BILLING,
+    ),
     "no_open_period": Entry(
         B,
         "Closed period",
@@ -342,6 +349,12 @@ def document_facts(posting: Posting) -> dict[str, Any]:
         facts["document"] = f"{prefix} {memo.number or memo.source_id}{on}"
         amount = memo.refunded_minor if posting.operation == Operation.REFUND_CREDIT_MEMO else memo.total_minor
         facts["amount"] = f"{to_decimal(amount, memo.currency)} {memo.currency}"
+    elif posting.operation == Operation.RECEIVE_ON_ACCOUNT and posting.payment is not None:
+        payment = posting.payment
+        facts["document"] = f"Unapplied cash from payment {payment.source_id}"
+        if payment.customer is not None:
+            facts["customer"] = payment.customer.name or payment.customer.source_id
+        facts["amount"] = f"{to_decimal(payment.on_account_minor, payment.currency)} {payment.currency}"
     elif posting.dispute is not None:
         dispute = posting.dispute
         movement = {
@@ -359,7 +372,11 @@ def document_facts(posting: Posting) -> dict[str, Any]:
 
 
 # Postings that act on an invoice already in the ERP: named after what they do to it.
-_ACTS_ON_INVOICE = {Operation.VOID_INVOICE: "Void of", Operation.WRITE_OFF: "Write-off of"}
+_ACTS_ON_INVOICE = {
+    Operation.VOID_INVOICE: "Void of",
+    Operation.WRITE_OFF: "Write-off of",
+    Operation.APPLY_CREDIT: "Customer credit applied to",
+}
 
 
 def finance_message(posting: Posting) -> str:

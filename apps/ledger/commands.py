@@ -84,6 +84,9 @@ class PaymentData:
     method: str
     settled_at: datetime
     applications: tuple[PaymentApplicationData, ...] = ()
+    # Whether what the applications leave over is customer credit (posted as unapplied cash). False
+    # where the source may name the invoice later (a Stripe payment not linked to an invoice yet).
+    unapplied_is_credit: bool = True
 
 
 @dataclass(frozen=True)

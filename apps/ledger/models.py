@@ -178,6 +178,9 @@ class Payment(SourceRecord):
     amount_minor = models.BigIntegerField()
     method = models.CharField(max_length=32, blank=True, help_text="card, bank_transfer, ...")
     settled_at = models.DateTimeField()
+    on_account_minor = models.BigIntegerField(
+        default=0, help_text="What was not applied to an invoice when it was received: customer credit."
+    )
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["source", "source_id"], name="payment_source_identity")]
@@ -195,6 +198,9 @@ class PaymentApplication(models.Model):
     invoice_source_id = models.CharField(max_length=255)
     invoice = models.ForeignKey(Invoice, null=True, blank=True, on_delete=models.PROTECT, related_name="payments")
     amount_minor = models.BigIntegerField()
+    from_credit = models.BooleanField(
+        default=False, help_text="Applied later from the customer credit the payment left, not as new cash."
+    )
 
     class Meta:
         constraints = [

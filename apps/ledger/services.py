@@ -268,6 +268,12 @@ def upsert_payment(source: str, data: PaymentData, *, correlation_id: str = "") 
         if not created and payment.customer_id is None and customer is not None:
             payment.customer = customer
             payment.save(update_fields=["customer", "updated_at"])
+        if created and data.unapplied_is_credit:
+            # Cash not applied when it arrived stays with the customer as credit; applications added
+            # later draw on that credit instead of bringing new cash.
+            payment.on_account_minor = max(data.amount_minor - sum(a.amount_minor for a in data.applications), 0)
+            if payment.on_account_minor:
+                payment.save(update_fields=["on_account_minor"])
         for application in data.applications:
             _, made = PaymentApplication.objects.get_or_create(
                 payment=payment,
@@ -275,6 +281,7 @@ def upsert_payment(source: str, data: PaymentData, *, correlation_id: str = "") 
                 defaults={
                     "amount_minor": application.amount_minor,
                     "invoice": Invoice.objects.filter(source=source, source_id=application.invoice_source_id).first(),
+                    "from_credit": not created and payment.on_account_minor > 0,
                 },
             )
             changed = changed or made

@@ -13,13 +13,23 @@ from apps.connectors.documents import (
     DisputeMovementDocument,
     InvoiceDocument,
     InvoiceLineDocument,
+    OnAccountDocument,
     PaymentDocument,
     RefundDocument,
     VoidDocument,
     WriteOffDocument,
 )
 from apps.core.errors import BusinessRuleError
-from apps.ledger.models import CreditMemo, CreditMemoLine, Customer, Dispute, Invoice, InvoiceLine, PaymentApplication
+from apps.ledger.models import (
+    CreditMemo,
+    CreditMemoLine,
+    Customer,
+    Dispute,
+    Invoice,
+    InvoiceLine,
+    Payment,
+    PaymentApplication,
+)
 from apps.posting.models import Operation, Posting, PostingState
 from apps.routing.models import ERPConnection, Mapping
 from apps.routing.services import MissingMapping, resolve_mapping
@@ -268,5 +278,27 @@ def dispute_document(posting: Posting, dispute: Dispute) -> DisputeMovementDocum
             else ""
         ),
         reason=dispute.reason,
+        correlation_id=posting.correlation_id,
+    )
+
+
+def _received_on(payment: Payment) -> date:
+    return payment.settled_at.date() if isinstance(payment.settled_at, datetime) else payment.settled_at
+
+
+def on_account_document(posting: Posting, payment: Payment) -> OnAccountDocument:
+    customer = payment.customer
+    assert customer is not None  # planned only with a customer
+    return OnAccountDocument(
+        external_ref=posting.external_ref,
+        payment_ref=payment.external_ref,
+        customer_ref=customer.external_ref,
+        customer_erp_id=_erp_id_of_parent(posting.connection, Operation.ENSURE_CUSTOMER, customer=customer),
+        currency=payment.currency,
+        amount_minor=payment.on_account_minor,
+        received_on=_received_on(payment),
+        payment_journal=_mapped(
+            posting.connection, Mapping.KIND_PAYMENT_JOURNAL, [payment.method], f"payment method '{payment.method}'"
+        ),
         correlation_id=posting.correlation_id,
     )

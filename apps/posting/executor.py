@@ -45,6 +45,7 @@ from apps.posting.documents import (
     customer_document,
     dispute_document,
     invoice_document,
+    on_account_document,
     payment_document,
     refund_document,
     void_credit_memo_document,
@@ -213,6 +214,8 @@ _OPERATIONS: dict[str, tuple[str, Callable[[Posting, Any], Any], str]] = {
     Operation.WITHDRAW_DISPUTED_FUNDS: ("dispute", dispute_document, "move_disputed_funds"),
     Operation.REINSTATE_DISPUTED_FUNDS: ("dispute", dispute_document, "move_disputed_funds"),
     Operation.LOSE_DISPUTE: ("dispute", dispute_document, "move_disputed_funds"),
+    Operation.RECEIVE_ON_ACCOUNT: ("payment", on_account_document, "receive_on_account"),
+    Operation.APPLY_CREDIT: ("payment_application", payment_document, "apply_credit"),
 }
 
 
@@ -249,6 +252,7 @@ def execute_posting(posting_id: int) -> str:
             "credit_memo",
             "dispute__payment",
             "dispute__legal_entity",
+            "payment__customer__legal_entity",
         )
         .filter(pk=posting_id)
         .first()

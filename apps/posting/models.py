@@ -12,7 +12,7 @@ import hashlib
 from django.db import models
 from django.utils import timezone
 
-from apps.ledger.models import CreditMemo, Customer, Dispute, Invoice, PaymentApplication
+from apps.ledger.models import CreditMemo, Customer, Dispute, Invoice, Payment, PaymentApplication
 from apps.routing.models import ERPConnection
 
 
@@ -48,6 +48,8 @@ class Operation(models.TextChoices):
     WITHDRAW_DISPUTED_FUNDS = "withdraw_disputed_funds", "Withdraw disputed funds"
     REINSTATE_DISPUTED_FUNDS = "reinstate_disputed_funds", "Reinstate disputed funds"
     LOSE_DISPUTE = "lose_dispute", "Record lost dispute"
+    RECEIVE_ON_ACCOUNT = "receive_on_account", "Receive unapplied cash"
+    APPLY_CREDIT = "apply_credit", "Apply customer credit"
 
 
 class ErrorCategory(models.TextChoices):
@@ -68,6 +70,7 @@ class Posting(models.Model):
     payment_application = models.ForeignKey(PaymentApplication, null=True, blank=True, on_delete=models.PROTECT)
     credit_memo = models.ForeignKey(CreditMemo, null=True, blank=True, on_delete=models.PROTECT)
     dispute = models.ForeignKey(Dispute, null=True, blank=True, on_delete=models.PROTECT)
+    payment = models.ForeignKey(Payment, null=True, blank=True, on_delete=models.PROTECT)
     depends_on_key = models.CharField(max_length=64, blank=True, db_index=True)
 
     state = models.CharField(max_length=16, choices=PostingState.choices, default=PostingState.QUEUED, db_index=True)

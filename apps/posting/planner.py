@@ -8,7 +8,7 @@ import logging
 from django.db import transaction
 from django.db.models import QuerySet
 
-from apps.connectors.base import DISPUTE_MOVEMENTS, REFUND_SUFFIX, VOID_SUFFIX, WRITE_OFF_SUFFIX
+from apps.connectors.base import DISPUTE_MOVEMENTS, ON_ACCOUNT_SUFFIX, REFUND_SUFFIX, VOID_SUFFIX, WRITE_OFF_SUFFIX
 from apps.core import audit
 from apps.ledger.models import CreditMemo, Customer, Dispute, Invoice, Payment, PaymentApplication
 from apps.posting import dispatch, signals
@@ -213,7 +213,7 @@ def _plan_application(application: PaymentApplication, invoice: Invoice, connect
     payment = application.payment
     return _plan(
         connection=connection,
-        operation=Operation.APPLY_PAYMENT,
+        operation=Operation.APPLY_CREDIT if application.from_credit else Operation.APPLY_PAYMENT,
         source=payment.source,
         source_id=f"{payment.source_id}:{application.invoice_source_id}",
         revision=payment.revision,
@@ -223,10 +223,37 @@ def _plan_application(application: PaymentApplication, invoice: Invoice, connect
     )
 
 
+def _plan_on_account(payment: Payment) -> list[Posting]:
+    """The unapplied part of a payment, as credit on the customer's account, after the customer.
+    A payment whose customer the ledger does not know yet is planned when it learns it."""
+    customer = payment.customer
+    if customer is None:
+        log.info("unapplied cash waits for its customer", extra={"payment": payment.source_id})
+        return []
+    connection = route(customer.legal_entity)
+    parent = plan_customer(customer, connection)
+    return [
+        _plan(
+            connection=connection,
+            operation=Operation.RECEIVE_ON_ACCOUNT,
+            source=payment.source,
+            source_id=f"{payment.source_id}{ON_ACCOUNT_SUFFIX}",
+            revision=1,
+            depends_on_key=parent.idempotency_key,
+            correlation_id=payment.correlation_id,
+            payment=payment,
+        )
+    ]
+
+
 def plan_payment(payment: Payment) -> list[Posting]:
-    """Applications whose invoice is not in the ledger yet are planned when the invoice arrives."""
+    """Applications whose invoice is not in the ledger yet are planned when the invoice arrives.
+    What no application took when the cash arrived is posted as customer credit; applications
+    billing adds later (``from_credit``) settle invoices from that credit."""
     planned = []
     with transaction.atomic(savepoint=False):
+        if payment.on_account_minor > 0:
+            planned.extend(_plan_on_account(payment))
         for application in payment.applications.select_related("invoice__legal_entity"):
             if application.invoice is None:
                 log.info(

@@ -303,6 +303,7 @@ def payment_from_intent_or_charge(obj: dict[str, Any], version: int) -> PaymentD
         method=method,
         settled_at=datetime.fromtimestamp(int(obj.get("created") or version), UTC),
         applications=(PaymentApplicationData(invoice_source_id=invoice_id, amount_minor=amount),) if invoice_id else (),
+        unapplied_is_credit=bool(invoice_id),  # without one, invoice.paid names the invoice later
     )
 
 

@@ -117,3 +117,42 @@ def test_invoice_partly_paid_then_uncollectible_writes_off_the_rest(client: Clie
     assert tryton.account_balance("6800") - bad_debts_before == Decimal("41.50")
     customer_id = obj["customer"]["id"]
     assert tryton.receivable(f"{SOURCE}:{customer_id}") == Decimal("0") == billing_receivable(customer_id)
+
+
+def test_over_payment_stays_as_credit_and_settles_the_next_invoice(client: Client, tryton: Any) -> None:
+    first = new_invoice()
+    customer_id = first["customer"]["id"]
+    customer_ref = f"{SOURCE}:{customer_id}"
+    send(client, "invoice", first)
+    overpaid = cs.payment(customer_id, [(first["id"], 6150)], amount=10000)  # 38.50 more than owed
+    send(client, "payment", overpaid)
+    send(client, "invoice", cs.changed(first, status="paid", amount_paid_minor=6150))
+    posted(f"{overpaid['id']}:{first['id']}", Operation.APPLY_PAYMENT)
+    credit = posted(f"{overpaid['id']}:on-account", Operation.RECEIVE_ON_ACCOUNT)
+    [move] = tryton.moves(f"{SOURCE}:{overpaid['id']}:on-account")
+    assert move["state"] == "posted" and credit.erp_id == str(move["id"])
+    assert tryton.receivable(customer_ref) == Decimal("-38.50") == billing_receivable(customer_id)
+
+    second = cs.invoice(customer_id, [cs.line(4900, description="Pro plan (monthly)"), cs.line(1250)])
+    send(client, "invoice", second)
+    posted(second["id"], Operation.POST_INVOICE)
+    assert tryton.receivable(customer_ref) == Decimal("23.00")
+    # Billing applies the credit to the next invoice: the same payment, one more application.
+    applied = cs.changed(
+        overpaid, applications=[*overpaid["applications"], {"invoice_id": second["id"], "amount_minor": 3850}]
+    )
+    send(client, "payment", applied)
+    send(client, "invoice", cs.changed(second, amount_paid_minor=3850))
+    posted(f"{overpaid['id']}:{second['id']}", Operation.APPLY_CREDIT)
+
+    [erp_second] = tryton.invoices(f"{SOURCE}:{second['id']}")
+    assert (erp_second["state"], erp_second["amount_to_pay"]) == ("posted", Decimal("23.00"))
+    assert tryton.receivable(customer_ref) == Decimal("23.00") == billing_receivable(customer_id)
+
+    rest = cs.payment(customer_id, [(second["id"], 2300)])
+    send(client, "payment", rest)
+    send(client, "invoice", cs.changed(second, status="paid", amount_paid_minor=6150))
+    posted(f"{rest['id']}:{second['id']}", Operation.APPLY_PAYMENT)
+    [erp_second] = tryton.invoices(f"{SOURCE}:{second['id']}")
+    assert erp_second["state"] == "paid"
+    assert tryton.receivable(customer_ref) == Decimal("0") == billing_receivable(customer_id)

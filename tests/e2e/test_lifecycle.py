@@ -10,7 +10,7 @@ import pytest
 from django.test import Client
 
 from apps.core.money import to_decimal
-from apps.ledger.models import Dispute, Invoice
+from apps.ledger.models import Dispute, Invoice, Payment
 from apps.posting.models import Operation, Posting, PostingState
 from apps.sources import stripe_samples as se
 from tests.conftest import SOURCE, deliver, wait_for
@@ -28,12 +28,16 @@ def posted(source_id: str, operation: str, timeout: float = 120) -> Posting:
 
 
 def billing_receivable(customer_id: str) -> Decimal:
-    """What billing says the customer still owes: open invoices less what was paid on them."""
+    """What billing says the customer still owes: open invoices less what was paid on them, less
+    the customer's credit (cash received that no invoice has taken yet)."""
     total = 0
     for invoice in Invoice.objects.filter(customer__source_id=customer_id):
         if invoice.status in (Invoice.STATUS_VOID, Invoice.STATUS_UNCOLLECTIBLE):
             continue
         total += invoice.total_minor - invoice.amount_paid_minor
+    for payment in Payment.objects.filter(customer__source_id=customer_id):
+        used = sum(a.amount_minor for a in payment.applications.all() if a.from_credit)
+        total -= payment.on_account_minor - used
     return to_decimal(total, "USD")
 
 

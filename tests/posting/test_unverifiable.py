@@ -55,6 +55,12 @@ class BlindConnector(ERPConnector):
     def move_disputed_funds(self, doc: Any) -> PostResult:
         raise AssertionError("not reached")
 
+    def receive_on_account(self, doc: Any) -> PostResult:
+        raise AssertionError("not reached")
+
+    def apply_credit(self, doc: Any) -> PostResult:
+        raise AssertionError("not reached")
+
     def find_document(self, operation: str, external_ref: str) -> PostResult | None:
         raise NotImplementedError
 
