@@ -182,6 +182,17 @@ class DisputeMovementDocument:
 
 
 @dataclass(frozen=True)
+class WritebackDocument:
+    """What the billing engine is told about one of its invoices once the ERP confirmed a posting."""
+
+    external_ref: str  # "<source>:<invoice id>:writeback:<parent posting>"
+    billing_id: str  # the invoice's id in the billing engine
+    metadata: dict[str, str]
+    idempotency_key: str
+    correlation_id: str = ""
+
+
+@dataclass(frozen=True)
 class PostResult:
     """What the ERP holds for a posted document: its id, a number people can search for, and
     whatever else is worth showing beside the posting."""

@@ -13,6 +13,7 @@ from apps.core.errors import ConfigurationError
 
 CONNECTOR_CLASSES: dict[str, str] = {
     "tryton": "apps.connectors.tryton.TrytonConnector",
+    "stripe": "apps.connectors.stripe_writeback.StripeWriteback",
 }
 
 _cache: dict[tuple[str, str], ERPConnector] = {}

@@ -102,6 +102,22 @@ def validate(doc: object) -> list[str]:
             if key in settings and not secrets.is_reference(settings[key]):
                 problems.append(f"{path}.settings.{key}: must be an env:VAR reference, never the secret itself")
     known_connections = connections | set(ERPConnection.objects.values_list("name", flat=True))
+    writeback_kinds = {conn.get("name"): conn.get("kind") for conn in doc.get("erp_connections") or []}
+    for i, source in enumerate(doc.get("sources") or []):
+        target = source.get("writeback_connection")
+        if target is None:
+            continue
+        kind = (
+            writeback_kinds.get(target)
+            or ERPConnection.objects.filter(name=target).values_list("kind", flat=True).first()
+        )
+        if target not in known_connections:
+            problems.append(f"sources[{i}].writeback_connection: '{target}' is not declared in erp_connections")
+        elif kind != source.get("kind"):
+            problems.append(
+                f"sources[{i}].writeback_connection: '{target}' is a {kind} connection; a {source.get('kind')} "
+                f"source writes back through a connection of kind {source.get('kind')}"
+            )
     for i, rule in enumerate(_list(doc, "routing", problems)):
         path = f"routing[{i}]"
         entity = _require(rule, "legal_entity", path, problems)
@@ -206,6 +222,15 @@ def apply(doc: dict[str, Any]) -> Report:
                 {"name": conn["name"]},
                 {"kind": conn["kind"], "settings": conn["settings"], "active": bool(conn.get("active", True))},
                 f"ERP connection {conn['name']}",
+                report,
+            )
+        for source in doc.get("sources") or []:
+            target = source.get("writeback_connection")
+            _upsert(
+                BillingSource,
+                {"name": source["name"]},
+                {"writeback_connection": connections.get(target) or ERPConnection.objects.filter(name=target).first()},
+                f"source {source['name']} writeback",
                 report,
             )
         wanted_rules = set()

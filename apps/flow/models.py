@@ -17,6 +17,7 @@ DEFAULT_BUDGETS: dict[str, tuple[int, int, int]] = {
     "quickbooks": (500, 60, 10),  # 500 requests per minute, 10 concurrent per realm
     "xero": (60, 60, 5),  # 60 calls per minute, 5 concurrent per tenant
     "sap_s4hana": (50, 1, 8),  # OData: no fixed public limit; a conservative default
+    "stripe": (25, 1, 5),  # writeback: Stripe allows 100 operations/s live and 25/s in test mode
 }
 FALLBACK_BUDGET = (10, 1, 2)
 

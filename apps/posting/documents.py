@@ -17,6 +17,7 @@ from apps.connectors.documents import (
     PaymentDocument,
     RefundDocument,
     VoidDocument,
+    WritebackDocument,
     WriteOffDocument,
 )
 from apps.core.errors import BusinessRuleError
@@ -31,6 +32,7 @@ from apps.ledger.models import (
     PaymentApplication,
 )
 from apps.posting.models import Operation, Posting, PostingState
+from apps.posting.planner import WRITEBACK_STATUS
 from apps.routing.models import ERPConnection, Mapping
 from apps.routing.services import MissingMapping, resolve_mapping
 
@@ -300,5 +302,24 @@ def on_account_document(posting: Posting, payment: Payment) -> OnAccountDocument
         payment_journal=_mapped(
             posting.connection, Mapping.KIND_PAYMENT_JOURNAL, [payment.method], f"payment method '{payment.method}'"
         ),
+        correlation_id=posting.correlation_id,
+    )
+
+
+def writeback_document(posting: Posting, invoice: Invoice) -> WritebackDocument:
+    """Metadata keys are named after the ERP connection, so several ERPs never overwrite each
+    other; Stripe allows 40 characters per key."""
+    parent = Posting.objects.select_related("connection").get(idempotency_key=posting.depends_on_key)
+    prefix = parent.connection.name[:24]
+    metadata = {f"{prefix}_erp_status": WRITEBACK_STATUS[parent.operation], "hub_writeback": posting.external_ref}
+    if parent.operation == Operation.POST_INVOICE:
+        metadata.update({f"{prefix}_erp_id": parent.erp_id, f"{prefix}_erp_number": parent.erp_number})
+    else:
+        metadata[f"{prefix}_erp_payment_id"] = parent.erp_id
+    return WritebackDocument(
+        external_ref=posting.external_ref,
+        billing_id=invoice.source_id,
+        metadata=metadata,
+        idempotency_key=posting.idempotency_key,
         correlation_id=posting.correlation_id,
     )

@@ -51,6 +51,7 @@ from apps.posting.documents import (
     void_credit_memo_document,
     void_document,
     write_off_document,
+    writeback_document,
 )
 from apps.posting.models import (
     CLAIMABLE_STATES,
@@ -60,6 +61,7 @@ from apps.posting.models import (
     PostingAttempt,
     PostingState,
 )
+from apps.posting.planner import plan_writeback
 from apps.routing.models import ERPConnection
 
 log = logging.getLogger(__name__)
@@ -216,6 +218,7 @@ _OPERATIONS: dict[str, tuple[str, Callable[[Posting, Any], Any], str]] = {
     Operation.LOSE_DISPUTE: ("dispute", dispute_document, "move_disputed_funds"),
     Operation.RECEIVE_ON_ACCOUNT: ("payment", on_account_document, "receive_on_account"),
     Operation.APPLY_CREDIT: ("payment_application", payment_document, "apply_credit"),
+    Operation.WRITE_BACK: ("invoice", writeback_document, "write_back"),
 }
 
 
@@ -413,6 +416,7 @@ def _posted(claimed: Claim, result: PostResult, outcome: str) -> str:
             setattr(posting, field, value)
         audit.record("posting.posted", posting, after={"erp_id": result.erp_id, "erp_number": result.erp_number})
         release_waiting(posting.idempotency_key)
+        plan_writeback(posting)
         signals.settled.send(sender=Posting, posting=posting, actor=audit.SYSTEM)
     log.info(
         "posted",

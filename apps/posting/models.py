@@ -50,6 +50,7 @@ class Operation(models.TextChoices):
     LOSE_DISPUTE = "lose_dispute", "Record lost dispute"
     RECEIVE_ON_ACCOUNT = "receive_on_account", "Receive unapplied cash"
     APPLY_CREDIT = "apply_credit", "Apply customer credit"
+    WRITE_BACK = "write_back", "Write back to billing"
 
 
 class ErrorCategory(models.TextChoices):

@@ -351,3 +351,37 @@ def plan_dispute(dispute: Dispute) -> list[Posting]:
             return [withdrawn]
         decided = Operation.REINSTATE_DISPUTED_FUNDS if dispute.status == Dispute.STATUS_WON else Operation.LOSE_DISPUTE
         return [withdrawn, _plan_dispute_movement(dispute, connection, decided, withdrawn.idempotency_key)]
+
+
+# What the billing engine is told after each kind of posting reaches the ERP.
+WRITEBACK_STATUS = {
+    Operation.POST_INVOICE: "posted",
+    Operation.APPLY_PAYMENT: "payment applied",
+    Operation.APPLY_CREDIT: "credit applied",
+}
+
+
+def plan_writeback(parent: Posting) -> Posting | None:
+    """Once ``parent`` is posted, tell its billing source what the ERP did, when the source has a
+    writeback connection: a posting of its own after the parent."""
+    from apps.sources.models import BillingSource
+
+    if parent.operation not in WRITEBACK_STATUS:
+        return None
+    source = BillingSource.objects.select_related("writeback_connection").filter(name=parent.source).first()
+    target = source.writeback_connection if source else None
+    if target is None or not target.active:
+        return None
+    invoice = parent.invoice or (parent.payment_application.invoice if parent.payment_application else None)
+    if invoice is None:
+        return None
+    return _plan(
+        connection=target,
+        operation=Operation.WRITE_BACK,
+        source=parent.source,
+        source_id=f"{invoice.source_id}:writeback:{parent.idempotency_key[:16]}",
+        revision=1,
+        depends_on_key=parent.idempotency_key,
+        correlation_id=parent.correlation_id,
+        invoice=invoice,
+    )

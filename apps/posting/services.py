@@ -16,6 +16,7 @@ from apps.core.broker import resend_patience
 from apps.posting import dispatch, signals
 from apps.posting.executor import release_waiting
 from apps.posting.models import EXCEPTION_STATES, Posting, PostingAttempt, PostingState
+from apps.posting.planner import plan_writeback
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ def link_posting(posting_id: int, *, erp_id: str, erp_number: str = "", actor: s
             after={**_state_snapshot(posting), "erp_id": erp_id, "erp_number": posting.erp_number},
         )
         release_waiting(posting.idempotency_key)
+        plan_writeback(posting)
         signals.settled.send(sender=Posting, posting=posting, actor=actor)
     return posting
 

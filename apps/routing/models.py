@@ -10,7 +10,8 @@ from apps.ledger.models import LegalEntity
 
 class ERPConnection(models.Model):
     KIND_TRYTON = "tryton"
-    KIND_CHOICES = [(KIND_TRYTON, "Tryton")]
+    KIND_STRIPE = "stripe"
+    KIND_CHOICES = [(KIND_TRYTON, "Tryton"), (KIND_STRIPE, "Stripe (writeback to billing)")]
 
     name = models.SlugField(max_length=64, unique=True)
     kind = models.CharField(max_length=32, choices=KIND_CHOICES)

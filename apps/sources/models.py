@@ -35,6 +35,15 @@ class BillingSource(models.Model):
         help_text="env:VAR references; every one that is set is accepted, so a secret can be rotated.",
     )
     active = models.BooleanField(default=True)
+    writeback_connection = models.ForeignKey(
+        "routing.ERPConnection",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="written_back_sources",
+        help_text="Where the ERP's answers are written back to this billing account (e.g. Stripe invoice "
+        "metadata); empty: no writeback.",
+    )
 
     class Meta:
         ordering = ["name"]

@@ -70,3 +70,31 @@ def test_unparseable_or_missing_file_is_a_clear_error(tmp_path: Path) -> None:
         call_command("hub_config", "validate", str(broken))
     with pytest.raises(CommandError, match="no such file"):
         call_command("hub_config", "validate", str(tmp_path / "absent.yaml"))
+
+
+def test_a_writeback_connection_is_linked_to_its_source_and_must_be_of_the_source_kind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (
+        EXAMPLE_CONFIG.read_text()
+        .replace("    # writeback_connection: stripe-us-writeback", "    writeback_connection: stripe-us-writeback")
+        .replace("  # - name: stripe-us-writeback", "  - name: stripe-us-writeback")
+        .replace("  #   kind: stripe", "    kind: stripe")
+        .replace(
+            "  #   settings:\n  #     api_key: env:STRIPE_API_KEY\n  #     timeout: 20",
+            "    settings:\n      api_key: env:STRIPE_API_KEY\n      timeout: 20",
+        )
+    )
+    good = tmp_path / "writeback.yaml"
+    good.write_text(text)
+    run("apply", str(good), capsys=capsys)
+    assert BillingSource.objects.get(name="stripe-us").writeback_connection.kind == "stripe"  # type: ignore[union-attr]
+
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text(text.replace("writeback_connection: stripe-us-writeback", "writeback_connection: tryton-local"))
+    with pytest.raises(CommandError) as info:
+        call_command("hub_config", "validate", str(wrong))
+    assert (
+        "sources[0].writeback_connection: 'tryton-local' is a tryton connection; a stripe source writes back "
+        "through a connection of kind stripe"
+    ) in str(info.value)
