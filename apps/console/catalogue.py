@@ -196,6 +196,14 @@ CATALOGUE: dict[str, Entry] = {
         "it by hand in the ERP, then skip this posting with a reason.",
         FIX_IN_BILLING,
     ),
+    "billing_document_missing": Entry(
+        B,
+        "Not in billing",
+        "{document} is posted in the ERP, but the billing engine ({erp}) no longer has the invoice, so the ERP "
+        "status cannot be written back to it. Check the invoice in billing, then skip this writeback with a "
+        "reason.",
+        FIX_IN_BILLING,
+    ),
     "no_open_period": Entry(
         B,
         "Closed period",
@@ -376,6 +384,7 @@ _ACTS_ON_INVOICE = {
     Operation.VOID_INVOICE: "Void of",
     Operation.WRITE_OFF: "Write-off of",
     Operation.APPLY_CREDIT: "Customer credit applied to",
+    Operation.WRITE_BACK: "Writeback to billing of",
 }
 
 
