@@ -87,6 +87,11 @@ def validate(doc: object) -> list[str]:
         entity = _require(source, "legal_entity", path, problems)
         if entity and entity not in known_entities:
             problems.append(f"{path}.legal_entity: '{entity}' is not declared in legal_entities")
+        api = source.get("api") or {}
+        if not isinstance(api, dict):
+            problems.append(f"{path}.api: must map api_key and base_url")
+        elif "api_key" in api and not secrets.is_reference(api["api_key"]):
+            problems.append(f"{path}.api.api_key: must be an env:VAR reference, never the secret itself")
         secrets_list = _require(source, "webhook_secrets", path, problems, list)
         for j, ref in enumerate(secrets_list or []):
             if not secrets.is_reference(ref):
@@ -208,6 +213,7 @@ def apply(doc: dict[str, Any]) -> Report:
                     "kind": source["kind"],
                     "legal_entity": entity,
                     "webhook_secrets": list(source["webhook_secrets"]),
+                    "api_settings": dict(source.get("api") or {}),
                     "active": bool(source.get("active", True)),
                 },
                 f"source {source['name']}",

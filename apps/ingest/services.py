@@ -22,7 +22,7 @@ from apps.ledger.commands import CreditMemoData, CustomerData, DisputeData, Invo
 from apps.ledger.models import CreditMemo, Customer, Dispute, Invoice, Payment
 from apps.posting import planner
 from apps.routing.services import NoRoute
-from apps.sources.base import Envelope, IgnoredEvent, InvalidPayload
+from apps.sources.base import Envelope, IgnoredEvent, InvalidPayload, SourceAdapter
 from apps.sources.models import BillingSource
 from apps.sources.registry import adapter_for
 
@@ -135,7 +135,7 @@ def normalize_event(inbox_event_id: int) -> str:
             try:
                 if source is None:
                     raise InvalidPayload(f"The billing source '{event.source}' no longer exists.")
-                commands = adapter_for(source.kind).parse(event.body.encode("utf-8"))
+                commands = _bound_adapter(source).parse(event.body.encode("utf-8"))
                 with transaction.atomic():
                     for command in commands:
                         _apply(source, command, event.correlation_id)
@@ -145,6 +145,14 @@ def normalize_event(inbox_event_id: int) -> str:
                 log.warning("event could not be normalized", extra={"inbox_event_id": event.pk, "reason": str(exc)})
                 return _finish(event, InboxStatus.FAILED, str(exc))
             return _finish(event, InboxStatus.PROCESSED, "")
+
+
+def _bound_adapter(source: BillingSource) -> SourceAdapter:
+    try:
+        api_settings = secrets.resolve(source.api_settings or {})
+    except secrets.MissingSecret as exc:
+        raise InvalidPayload(f"The API settings of source '{source.name}' cannot be read: {exc}.") from exc
+    return adapter_for(source.kind).bind(api_settings)
 
 
 def _finish(event: InboxEvent, status: str, error: str) -> str:

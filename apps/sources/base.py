@@ -54,6 +54,11 @@ class SourceAdapter(ABC):
         ``headers`` has lower-case names; ``secrets`` are every active secret of the source, so a
         secret can be rotated without refusing events signed with the previous one."""
 
+    def bind(self, api_settings: Mapping[str, str]) -> SourceAdapter:
+        """This adapter for one source whose engine the hub reads objects back from (Recurly's
+        webhooks only name the object): ``api_settings`` are the source's, secrets resolved."""
+        return self
+
     @abstractmethod
     def parse(self, body: bytes) -> list[LedgerCommand]:
         """Canonical commands for one stored event; raises IgnoredEvent or InvalidPayload."""

@@ -11,12 +11,14 @@ class BillingSource(models.Model):
     KIND_STRIPE = "stripe"
     KIND_CHARGEBEE = "chargebee"
     KIND_LAGO = "lago"
+    KIND_RECURLY = "recurly"
     KIND_CANONICAL = "canonical"
     # One per adapter in apps/sources/registry.py.
     KIND_CHOICES = [
         (KIND_STRIPE, "Stripe"),
         (KIND_CHARGEBEE, "Chargebee"),
         (KIND_LAGO, "Lago"),
+        (KIND_RECURLY, "Recurly"),
         (KIND_CANONICAL, "Canonical events API"),
     ]
 
@@ -35,6 +37,12 @@ class BillingSource(models.Model):
         help_text="env:VAR references; every one that is set is accepted, so a secret can be rotated.",
     )
     active = models.BooleanField(default=True)
+    api_settings = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="API access for engines whose webhooks only name the object (Recurly): api_key as an "
+        "env:VAR reference, base_url.",
+    )
     writeback_connection = models.ForeignKey(
         "routing.ERPConnection",
         null=True,

@@ -6,10 +6,12 @@ from apps.sources.base import SourceAdapter
 from apps.sources.canonical import CanonicalAdapter
 from apps.sources.chargebee import ChargebeeAdapter
 from apps.sources.lago import LagoAdapter
+from apps.sources.recurly import RecurlyAdapter
 from apps.sources.stripe import StripeAdapter
 
 ADAPTERS: dict[str, SourceAdapter] = {
-    adapter.kind: adapter for adapter in (StripeAdapter(), ChargebeeAdapter(), LagoAdapter(), CanonicalAdapter())
+    adapter.kind: adapter
+    for adapter in (StripeAdapter(), ChargebeeAdapter(), LagoAdapter(), RecurlyAdapter(), CanonicalAdapter())
 }
 
 

@@ -55,7 +55,7 @@ def test_invalid_files_are_refused_with_every_problem_named(tmp_path: Path) -> N
     with pytest.raises(CommandError) as info:
         call_command("hub_config", "apply", str(bad))
     message = str(info.value)
-    assert "sources[0].kind: must be one of ['canonical', 'chargebee', 'lago', 'stripe']" in message
+    assert "sources[0].kind: must be one of ['canonical', 'chargebee', 'lago', 'recurly', 'stripe']" in message
     assert "sources[0].legal_entity: 'XX' is not declared" in message
     assert "webhook_secrets[0]: must be an env:VAR reference" in message
     assert "settings.password: must be an env:VAR reference" in message
