@@ -64,8 +64,11 @@ class StripeSimulator:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def add_invoice(self, invoice_id: str) -> None:
-        self.invoices[invoice_id] = {"id": invoice_id, "object": "invoice", "metadata": {}, "livemode": False}
+    def add_invoice(self, invoice: str | dict[str, Any]) -> None:
+        """An invoice Stripe holds: a whole invoice object, or only its id."""
+        if isinstance(invoice, str):
+            invoice = {"id": invoice, "object": "invoice", "metadata": {}, "livemode": False}
+        self.invoices[invoice["id"]] = {"metadata": {}, **json.loads(json.dumps(invoice))}
 
     def fail_next(self, *modes: str) -> None:
         """``500``, ``429`` or ``timeout_after_commit``, for the next writes in order."""
@@ -91,6 +94,8 @@ class StripeSimulator:
         if handler.headers.get("Authorization") != f"Bearer {API_KEY}":
             return self._error(handler, record, 401, "invalid_request_error", None, "Invalid API Key provided.")
         parts = path.strip("/").split("/")
+        if method == "GET" and parts == ["v1", "invoices"]:
+            return self._answer(handler, record, 200, self._list(dict(parse_qsl(urlparse(handler.path).query))))
         if len(parts) != 3 or parts[:2] != ["v1", "invoices"]:
             return self._error(
                 handler, record, 404, "invalid_request_error", None, f"Unrecognized request URL ({path})."
@@ -134,6 +139,23 @@ class StripeSimulator:
         if fault == "timeout_after_commit":
             time.sleep(self.hang_seconds)
         self._answer(handler, record, 200, body)
+
+    def _list(self, query: dict[str, str]) -> bytes:
+        """``GET /v1/invoices``: newest first, filtered by ``status`` and ``created[gte|lte]``, paged
+        with ``limit`` and ``starting_after`` as Stripe does."""
+        found = sorted(self.invoices.values(), key=lambda invoice: (-int(invoice.get("created") or 0), invoice["id"]))
+        if "status" in query:
+            found = [invoice for invoice in found if invoice.get("status") == query["status"]]
+        if "created[gte]" in query:
+            found = [invoice for invoice in found if int(invoice.get("created") or 0) >= int(query["created[gte]"])]
+        if "created[lte]" in query:
+            found = [invoice for invoice in found if int(invoice.get("created") or 0) <= int(query["created[lte]"])]
+        if "starting_after" in query:
+            ids = [invoice["id"] for invoice in found]
+            found = found[ids.index(query["starting_after"]) + 1 :] if query["starting_after"] in ids else []
+        limit = int(query.get("limit") or 10)
+        page = {"object": "list", "url": "/v1/invoices", "has_more": len(found) > limit, "data": found[:limit]}
+        return json.dumps(page).encode()
 
     def _missing(self, handler: BaseHTTPRequestHandler, record: Recorded, invoice_id: str) -> None:
         self._error(

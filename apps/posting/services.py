@@ -128,6 +128,58 @@ def link_posting(posting_id: int, *, erp_id: str, erp_number: str = "", actor: s
     return posting
 
 
+_NOT_STARTED = (PostingState.QUEUED, PostingState.WAITING)
+
+
+def _not_started(posting_id: int, action: str) -> Posting:
+    posting = Posting.objects.select_for_update().get(pk=posting_id)
+    if posting.state not in _NOT_STARTED:
+        raise ActionRefused(
+            f"Posting {posting.pk} is {posting.get_state_display().lower()}; only a posting not yet sent can be "
+            f"{action}."
+        )
+    return posting
+
+
+def adopt_existing(posting_id: int, *, erp_id: str, erp_number: str, actor: str, reason: str) -> Posting:
+    """The ERP already holds this document (a backfill found what an earlier integration posted):
+    record it as posted, with the ERP's id, instead of sending it."""
+    reason = _require_reason(reason, "adopt an ERP document")
+    with transaction.atomic():
+        posting = _not_started(posting_id, "adopted")
+        before = _state_snapshot(posting)
+        posting.state, posting.erp_id, posting.erp_number = PostingState.POSTED, erp_id, erp_number
+        posting.posted_at = timezone.now()
+        posting.save(update_fields=["state", "erp_id", "erp_number", "posted_at", "updated_at"])
+        audit.record(
+            "posting.adopted",
+            posting,
+            actor=actor,
+            reason=reason,
+            before=before,
+            after={**_state_snapshot(posting), "erp_id": erp_id, "erp_number": erp_number},
+        )
+        release_waiting(posting.idempotency_key)
+        plan_writeback(posting)
+        signals.settled.send(sender=Posting, posting=posting, actor=actor)
+    return posting
+
+
+def skip_not_started(posting_id: int, *, actor: str, reason: str) -> Posting:
+    """Decide, before it is sent, that the hub will not post this document."""
+    reason = _require_reason(reason, "skip a posting")
+    with transaction.atomic():
+        posting = _not_started(posting_id, "skipped")
+        before = _state_snapshot(posting)
+        posting.state = PostingState.SKIPPED
+        posting.save(update_fields=["state", "updated_at"])
+        audit.record(
+            "posting.skipped", posting, actor=actor, reason=reason, before=before, after=_state_snapshot(posting)
+        )
+        signals.settled.send(sender=Posting, posting=posting, actor=actor)
+    return posting
+
+
 def sweep_postings(now: timezone.datetime | None = None) -> dict[str, int]:
     """Re-enqueue what the broker may have lost, recover rows orphaned in flight, release
     waiting children whose parents are posted. Safe to run anywhere, any number of times."""

@@ -8,8 +8,9 @@ runs in the normalization task and turns the stored body into canonical ledger c
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from apps.ledger.commands import LedgerCommand
 
@@ -41,6 +42,21 @@ class Envelope:
     object_id: str = ""
 
 
+@dataclass(frozen=True)
+class BackfillItem:
+    """One open document read from the engine's API for a backfill, as the inbox stores it, with
+    what a person needs to recognise it in a dry run."""
+
+    envelope: Envelope
+    body: bytes
+    number: str
+    customer: str
+    currency: str
+    total_minor: int
+    paid_minor: int
+    erp_keys: dict[str, str] = field(default_factory=dict)  # fields an --erp-reference template may use
+
+
 class SourceAdapter(ABC):
     kind: str
     label: str
@@ -58,6 +74,10 @@ class SourceAdapter(ABC):
         """This adapter for one source whose engine the hub reads objects back from (Recurly's
         webhooks only name the object): ``api_settings`` are the source's, secrets resolved."""
         return self
+
+    def open_invoices(self, since: datetime, until: datetime) -> Iterator[BackfillItem]:
+        """Open invoices created in [since, until] from the engine's API, for a backfill."""
+        raise NotImplementedError(f"{self.label} sources have no backfill yet")
 
     @abstractmethod
     def parse(self, body: bytes) -> list[LedgerCommand]:
