@@ -15,6 +15,7 @@ from apps.posting import dispatch, signals
 from apps.posting.models import ErrorCategory, Operation, Posting, PostingState, idempotency_key
 from apps.routing.models import ERPConnection
 from apps.routing.services import route
+from apps.sources.models import BillingSource
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +226,8 @@ def _plan_application(application: PaymentApplication, invoice: Invoice, connect
 
 def _plan_on_account(payment: Payment) -> list[Posting]:
     """The unapplied part of a payment, as credit on the customer's account, after the customer.
-    A payment whose customer the ledger does not know yet is planned when it learns it."""
+    A payment whose customer the ledger does not know is not posted as credit until a later event
+    for the payment finds the customer."""
     customer = payment.customer
     if customer is None:
         log.info("unapplied cash waits for its customer", extra={"payment": payment.source_id})
@@ -364,8 +366,6 @@ WRITEBACK_STATUS = {
 def plan_writeback(parent: Posting) -> Posting | None:
     """Once ``parent`` is posted, tell its billing source what the ERP did, when the source has a
     writeback connection: a posting of its own after the parent."""
-    from apps.sources.models import BillingSource
-
     if parent.operation not in WRITEBACK_STATUS:
         return None
     source = BillingSource.objects.select_related("writeback_connection").filter(name=parent.source).first()

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from apps.connectors.registry import get_connector
 from apps.posting.models import Operation, Posting
+from apps.routing.models import ERPConnection
 from apps.sources import canonical_samples as cs
 from tests.e2e.test_lifecycle import billing_receivable, posted
 
@@ -147,6 +149,11 @@ def test_over_payment_stays_as_credit_and_settles_the_next_invoice(client: Clien
 
     [erp_second] = tryton.invoices(f"{SOURCE}:{second['id']}")
     assert (erp_second["state"], erp_second["amount_to_pay"]) == ("posted", Decimal("23.00"))
+    # What a retry after an unanswered call would look up first: both are found, so neither is sent again.
+    connector = get_connector("tryton", ERPConnection.objects.get(name="tryton-local").resolved_settings())
+    assert connector.find_document(Operation.APPLY_CREDIT, f"{SOURCE}:{overpaid['id']}:{second['id']}")
+    found = connector.find_document(Operation.RECEIVE_ON_ACCOUNT, f"{SOURCE}:{overpaid['id']}:on-account")
+    assert found is not None and found.erp_id == credit.erp_id
     assert tryton.receivable(customer_ref) == Decimal("23.00") == billing_receivable(customer_id)
 
     rest = cs.payment(customer_id, [(second["id"], 2300)])

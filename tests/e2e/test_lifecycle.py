@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from apps.connectors.registry import get_connector
 from apps.core.money import to_decimal
 from apps.ledger.models import Dispute, Invoice, Payment
 from apps.posting.models import Operation, Posting, PostingState
+from apps.routing.models import ERPConnection
 from apps.sources import stripe_samples as se
 from tests.conftest import SOURCE, deliver, wait_for
 from tests.e2e.test_stripe_to_tryton import new_invoice
@@ -202,6 +204,9 @@ def test_paid_invoice_then_dispute_lost_moves_the_money_to_dispute_losses(client
     withdrawn = posted(f"{dispute['id']}:withdrawn", Operation.WITHDRAW_DISPUTED_FUNDS)
     [move] = tryton.moves(f"{SOURCE}:{dispute['id']}:withdrawn")
     assert move["state"] == "posted" and withdrawn.erp_id == str(move["id"])
+    connector = get_connector("tryton", ERPConnection.objects.get(name="tryton-local").resolved_settings())
+    found = connector.find_document(Operation.WITHDRAW_DISPUTED_FUNDS, f"{SOURCE}:{dispute['id']}:withdrawn")
+    assert found is not None and found.erp_id == withdrawn.erp_id  # what a retry would find first
     after_withdrawal = balances(tryton, "1150", "1190", "6810")
     assert after_withdrawal["1150"] - before["1150"] == Decimal("-61.50")  # left the card clearing account
     assert after_withdrawal["1190"] - before["1190"] == Decimal("61.50")  # held as disputed
