@@ -24,6 +24,8 @@ VIEWABLE = [
     "ledger.creditmemo",
     "ledger.creditmemoline",
     "ledger.dispute",
+    "ledger.subscription",
+    "ledger.subscriptionevent",
     "ingest.inboxevent",
     "routing.erpconnection",
     "routing.routingrule",

@@ -18,7 +18,14 @@ from apps.core.broker import resend_patience
 from apps.core.correlation import correlation_scope, get_correlation_id
 from apps.ingest.models import InboxEvent, InboxStatus
 from apps.ledger import services as ledger
-from apps.ledger.commands import CreditMemoData, CustomerData, DisputeData, InvoiceData, LedgerCommand
+from apps.ledger.commands import (
+    CreditMemoData,
+    CustomerData,
+    DisputeData,
+    InvoiceData,
+    LedgerCommand,
+    SubscriptionData,
+)
 from apps.ledger.models import CreditMemo, Customer, Dispute, Invoice, Payment
 from apps.posting import planner
 from apps.routing.services import NoRoute
@@ -103,6 +110,8 @@ def _apply(source: BillingSource, command: LedgerCommand, correlation_id: str) -
         )
         assert isinstance(result.record, Invoice)
         planner.plan_invoice(result.record)
+    elif isinstance(command, SubscriptionData):
+        ledger.upsert_subscription(source.name, command, correlation_id=correlation_id)  # status events only
     elif isinstance(command, DisputeData):
         result = ledger.upsert_dispute(
             source.name, command, legal_entity=source.legal_entity, correlation_id=correlation_id

@@ -13,6 +13,8 @@ from apps.ledger.models import (
     Payment,
     PaymentApplication,
     Product,
+    Subscription,
+    SubscriptionEvent,
 )
 
 
@@ -114,3 +116,20 @@ class DisputeAdmin(ReadOnlyFromBilling):
     list_filter = ("status", "source", "currency")
     search_fields = ("source_id", "payment_source_id", "correlation_id")
     list_select_related = ("payment",)
+
+
+class SubscriptionEventInline(admin.TabularInline):
+    model = SubscriptionEvent
+    extra = 0
+    can_delete = False
+    fields = ("kind", "status", "price_ids", "period_start", "period_end", "recorded_at")
+    readonly_fields = fields
+
+
+@admin.register(Subscription)
+class SubscriptionAdmin(ReadOnlyFromBilling):
+    list_display = ("source_id", "customer", "status", "period_start", "period_end", "cancel_at_period_end")
+    list_filter = ("status", "source", "cancel_at_period_end")
+    search_fields = ("source_id", "customer_source_id", "customer__name")
+    list_select_related = ("customer",)
+    inlines = [SubscriptionEventInline]

@@ -135,4 +135,19 @@ class DisputeData:
     closed_on: date | None = None
 
 
-LedgerCommand = CustomerData | InvoiceData | PaymentData | CreditMemoData | DisputeData
+@dataclass(frozen=True)
+class SubscriptionData:
+    """A subscription's state as billing reports it; the ledger turns changes into status events."""
+
+    source_id: str
+    source_version: int
+    customer_source_id: str
+    status: str  # the engine's own word: active, trialing, past_due, canceled, ...
+    price_ids: tuple[str, ...]
+    period_start: date | None
+    period_end: date | None
+    cancel_at_period_end: bool = False
+    ended: bool = False
+
+
+LedgerCommand = CustomerData | InvoiceData | PaymentData | CreditMemoData | DisputeData | SubscriptionData

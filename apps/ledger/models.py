@@ -304,3 +304,58 @@ class Dispute(SourceRecord):
     @property
     def funds_withdrawn(self) -> bool:
         return self.status in self.FUNDS_WITHDRAWN
+
+
+class Subscription(SourceRecord):
+    """A subscription's latest state. It is not posted to an ERP: its changes are kept as status
+    events (started, renewed, changed, cancellation scheduled, canceled) for finance to read beside
+    the invoices they explain."""
+
+    customer = models.ForeignKey(
+        Customer, null=True, blank=True, on_delete=models.PROTECT, related_name="subscriptions"
+    )
+    customer_source_id = models.CharField(max_length=255)
+    status = models.CharField(max_length=32)
+    price_ids = models.JSONField(default=list, blank=True)
+    period_start = models.DateField(null=True, blank=True)
+    period_end = models.DateField(null=True, blank=True)
+    cancel_at_period_end = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["source", "source_id"], name="subscription_source_identity")]
+
+    def __str__(self) -> str:
+        return f"{self.source_id} {self.status}"
+
+
+class SubscriptionEvent(models.Model):
+    KIND_STARTED = "started"
+    KIND_RENEWED = "renewed"
+    KIND_CHANGED = "changed"
+    KIND_STATUS = "status_changed"
+    KIND_CANCEL_SCHEDULED = "cancellation_scheduled"
+    KIND_CANCELED = "canceled"
+    KIND_CHOICES = [
+        (KIND_STARTED, "Started"),
+        (KIND_RENEWED, "Renewed"),
+        (KIND_CHANGED, "Plan changed"),
+        (KIND_STATUS, "Status changed"),
+        (KIND_CANCEL_SCHEDULED, "Cancellation scheduled"),
+        (KIND_CANCELED, "Canceled"),
+    ]
+
+    subscription = models.ForeignKey(Subscription, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=32, choices=KIND_CHOICES)
+    status = models.CharField(max_length=32)
+    price_ids = models.JSONField(default=list, blank=True)
+    period_start = models.DateField(null=True, blank=True)
+    period_end = models.DateField(null=True, blank=True)
+    source_version = models.BigIntegerField()
+    correlation_id = models.CharField(max_length=100, blank=True)
+    recorded_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["subscription", "source_version", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.subscription.source_id} {self.get_kind_display()}"

@@ -13,7 +13,14 @@ from django.db import transaction
 from apps.core import audit
 from apps.core.locks import lock_identity
 from apps.core.money import normalize_currency
-from apps.ledger.commands import CreditMemoData, CustomerData, DisputeData, InvoiceData, PaymentData
+from apps.ledger.commands import (
+    CreditMemoData,
+    CustomerData,
+    DisputeData,
+    InvoiceData,
+    PaymentData,
+    SubscriptionData,
+)
 from apps.ledger.models import (
     CreditMemo,
     CreditMemoLine,
@@ -25,6 +32,8 @@ from apps.ledger.models import (
     Payment,
     PaymentApplication,
     Product,
+    Subscription,
+    SubscriptionEvent,
 )
 
 # A later status wins over an earlier one stamped in the same second (Stripe's ``created`` has
@@ -42,7 +51,7 @@ class UnsupportedChange(ValueError):
 
 @dataclass(frozen=True)
 class Upserted:
-    record: Customer | Invoice | Payment | CreditMemo | Dispute
+    record: Customer | Invoice | Payment | CreditMemo | Dispute | Subscription
     created: bool
     changed: bool
     stale: bool = False  # the incoming data was older than what the ledger holds
@@ -422,3 +431,55 @@ def upsert_dispute(
         if changed:
             audit.record("dispute.updated", dispute, before=before, after={"status": dispute.status})
         return Upserted(dispute, created=False, changed=changed)
+
+
+def _subscription_changes(held: Subscription | None, data: SubscriptionData) -> list[str]:
+    """The status events between what the ledger holds and what billing now reports."""
+    if data.ended or data.status == "canceled":
+        return [SubscriptionEvent.KIND_CANCELED] if held is None or held.status != "canceled" else []
+    if held is None:
+        return [SubscriptionEvent.KIND_STARTED]
+    kinds = []
+    if data.period_start and held.period_start and data.period_start > held.period_start:
+        kinds.append(SubscriptionEvent.KIND_RENEWED)
+    if sorted(data.price_ids) != sorted(held.price_ids):
+        kinds.append(SubscriptionEvent.KIND_CHANGED)
+    if data.status != held.status:
+        kinds.append(SubscriptionEvent.KIND_STATUS)
+    if data.cancel_at_period_end and not held.cancel_at_period_end:
+        kinds.append(SubscriptionEvent.KIND_CANCEL_SCHEDULED)
+    return kinds
+
+
+def upsert_subscription(source: str, data: SubscriptionData, *, correlation_id: str = "") -> Upserted:
+    """Keep the latest state and append one status event per change; an older report changes nothing."""
+    with transaction.atomic(savepoint=False):
+        held = Subscription.objects.select_for_update().filter(source=source, source_id=data.source_id).first()
+        if held is not None and data.source_version <= held.source_version:
+            return Upserted(held, created=False, changed=False, stale=data.source_version < held.source_version)
+        kinds = _subscription_changes(held, data)
+        subscription = held or Subscription(source=source, source_id=data.source_id, correlation_id=correlation_id)
+        subscription.customer = Customer.objects.filter(source=source, source_id=data.customer_source_id).first()
+        subscription.customer_source_id = data.customer_source_id
+        subscription.status = "canceled" if data.ended else data.status
+        subscription.price_ids = list(data.price_ids)
+        subscription.period_start, subscription.period_end = data.period_start, data.period_end
+        subscription.cancel_at_period_end = data.cancel_at_period_end
+        subscription.source_version = data.source_version
+        subscription.save()
+        SubscriptionEvent.objects.bulk_create(
+            SubscriptionEvent(
+                subscription=subscription,
+                kind=kind,
+                status=subscription.status,
+                price_ids=list(data.price_ids),
+                period_start=data.period_start,
+                period_end=data.period_end,
+                source_version=data.source_version,
+                correlation_id=correlation_id,
+            )
+            for kind in kinds
+        )
+        if kinds:
+            audit.record("subscription.changed", subscription, after={"events": kinds, "status": subscription.status})
+        return Upserted(subscription, created=held is None, changed=bool(kinds))

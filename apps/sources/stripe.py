@@ -28,6 +28,7 @@ from apps.ledger.commands import (
     LedgerCommand,
     PaymentApplicationData,
     PaymentData,
+    SubscriptionData,
 )
 from apps.sources.base import BackfillItem, Envelope, IgnoredEvent, InvalidPayload, SignatureError, SourceAdapter
 
@@ -53,7 +54,16 @@ DISPUTE_EVENTS = {
     "charge.dispute.funds_reinstated",
     "charge.dispute.closed",
 }
-SUPPORTED_EVENTS = CUSTOMER_EVENTS | INVOICE_EVENTS | PAYMENT_EVENTS | CREDIT_NOTE_EVENTS | DISPUTE_EVENTS
+SUBSCRIPTION_EVENTS = {
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "customer.subscription.paused",
+    "customer.subscription.resumed",
+}
+SUPPORTED_EVENTS = (
+    CUSTOMER_EVENTS | INVOICE_EVENTS | PAYMENT_EVENTS | CREDIT_NOTE_EVENTS | DISPUTE_EVENTS | SUBSCRIPTION_EVENTS
+)
 # Stripe's dispute statuses: warning_* are inquiries (no money moved); the others withdrew the funds.
 _DISPUTE_STATUS = {
     "warning_needs_response": "inquiry",
@@ -397,6 +407,27 @@ def dispute_from_object(obj: dict[str, Any], version: int, event_type: str) -> D
     )
 
 
+def subscription_from_object(obj: dict[str, Any], version: int, event_type: str) -> SubscriptionData:
+    """The current period sits on the subscription in older API versions and on each item in newer
+    ones (the earliest start and latest end of the items)."""
+    items = (obj.get("items") or {}).get("data") or []
+    starts = [int(x["current_period_start"]) for x in items if x.get("current_period_start")]
+    ends = [int(x["current_period_end"]) for x in items if x.get("current_period_end")]
+    start = obj.get("current_period_start") or (min(starts) if starts else None)
+    end = obj.get("current_period_end") or (max(ends) if ends else None)
+    return SubscriptionData(
+        source_id=_id(obj),
+        source_version=version,
+        customer_source_id=_id(obj.get("customer")),
+        status=str(obj.get("status") or ""),
+        price_ids=tuple(sorted({_id(item.get("price")) for item in items if _id(item.get("price"))})),
+        period_start=_date(start),
+        period_end=_date(end),
+        cancel_at_period_end=bool(obj.get("cancel_at_period_end")),
+        ended=event_type == "customer.subscription.deleted",
+    )
+
+
 def parse_event(event: dict[str, Any]) -> list[LedgerCommand]:
     """Canonical commands for one stored event; raises ``IgnoredEvent`` for types not posted."""
     event_type = str(event.get("type"))
@@ -424,6 +455,8 @@ def parse_event(event: dict[str, Any]) -> list[LedgerCommand]:
         return [credit_memo_from_object(obj, version)]
     if event_type in DISPUTE_EVENTS:
         return [dispute_from_object(obj, version, event_type)]
+    if event_type in SUBSCRIPTION_EVENTS:
+        return [subscription_from_object(obj, version, event_type)]
     raise IgnoredEvent(f"Stripe event type {event_type} is not posted by this hub version.")
 
 

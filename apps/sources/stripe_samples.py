@@ -361,3 +361,46 @@ def dispute_closed(dispute_obj: dict[str, Any], status: str) -> dict[str, Any]:
             {"id": uid("txn"), "object": "balance_transaction", "amount": dispute_obj["amount"]}
         )
     return obj
+
+
+def subscription(
+    customer_id: str,
+    prices: list[str],
+    *,
+    status: str = "active",
+    period_start: int | None = None,
+    days: int = 30,
+    cancel_at_period_end: bool = False,
+    subscription_id: str | None = None,
+) -> dict[str, Any]:
+    """A Subscription as newer API versions send it: the current period on each item."""
+    start = period_start or int(time.time())
+    sub_id = subscription_id or uid("sub")
+    return {
+        "id": sub_id,
+        "object": "subscription",
+        "customer": customer_id,
+        "status": status,
+        "cancel_at_period_end": cancel_at_period_end,
+        "collection_method": "charge_automatically",
+        "currency": "usd",
+        "created": start,
+        "start_date": start,
+        "livemode": False,
+        "metadata": {},
+        "items": {
+            "object": "list",
+            "data": [
+                {
+                    "id": uid("si"),
+                    "object": "subscription_item",
+                    "subscription": sub_id,
+                    "price": {"id": price, "object": "price", "product": "prod_pro", "currency": "usd"},
+                    "quantity": 1,
+                    "current_period_start": start,
+                    "current_period_end": start + days * 86400,
+                }
+                for price in prices
+            ],
+        },
+    }
