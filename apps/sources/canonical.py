@@ -37,6 +37,7 @@ from apps.ledger.commands import (
     CreditMemoData,
     CreditMemoLineData,
     CustomerData,
+    DisputeData,
     InvoiceData,
     InvoiceLineData,
     LedgerCommand,
@@ -151,7 +152,7 @@ def _check(name: str, version: int, instance: Any, prefix: str) -> None:
 
 def validate(payload: Any) -> tuple[str, int, dict[str, Any]]:
     """The document type, schema version and document, or InvalidPayload naming every bad field."""
-    _check(ENVELOPE, 1, payload, "")
+    _check(ENVELOPE, max(published()[ENVELOPE]), payload, "")  # each envelope version accepts the older ones
     kind, version, data = payload["type"], payload["schema_version"], payload["data"]
     versions = published().get(kind, {})
     if version not in versions:
@@ -356,7 +357,26 @@ def credit_memo_command(data: dict[str, Any]) -> CreditMemoData:
     )
 
 
+def dispute_command(data: dict[str, Any]) -> DisputeData:
+    closed_on = _date(data.get("closed_on"), "data.closed_on")
+    if data["status"] in ("won", "lost") and closed_on is None:
+        raise InvalidPayload(f"data.closed_on: a {data['status']} dispute needs the day it was decided")
+    return DisputeData(
+        source_id=data["id"],
+        source_version=data["revision"],
+        payment_source_id=data["payment_id"],
+        currency=_currency(data["currency"], "data.currency"),
+        amount_minor=data["amount_minor"],
+        status=data["status"],
+        opened_on=_date(data["opened_on"], "data.opened_on"),  # type: ignore[arg-type]
+        reason=data.get("reason", ""),
+        closed_on=closed_on,
+    )
+
+
 def commands(kind: str, data: dict[str, Any]) -> list[LedgerCommand]:
+    if kind == "dispute":
+        return [dispute_command(data)]
     if kind == "customer":
         return [_customer(data, data["revision"], snapshot=False, field="data")]
     if kind == "invoice":

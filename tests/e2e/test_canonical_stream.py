@@ -163,3 +163,34 @@ def test_over_payment_stays_as_credit_and_settles_the_next_invoice(client: Clien
     [erp_second] = tryton.invoices(f"{SOURCE}:{second['id']}")
     assert erp_second["state"] == "paid"
     assert tryton.receivable(customer_ref) == Decimal("0") == billing_receivable(customer_id)
+
+
+def test_payment_then_dispute_lost_moves_the_money_to_dispute_losses(client: Client, tryton: Any) -> None:
+    obj = new_invoice()
+    customer_id = obj["customer"]["id"]
+    send(client, "invoice", obj)
+    pay = cs.payment(customer_id, [(obj["id"], 6150)])
+    send(client, "payment", pay)
+    send(client, "invoice", cs.changed(obj, status="paid", amount_paid_minor=6150))
+    posted(f"{pay['id']}:{obj['id']}", Operation.APPLY_PAYMENT)
+    before = {code: tryton.account_balance(code) for code in ("1150", "1190", "6810")}
+
+    dispute = {
+        "id": cs.uid("dp"),
+        "revision": cs.revision(),
+        "payment_id": pay["id"],
+        "currency": "USD",
+        "amount_minor": 6150,
+        "status": "open",
+        "reason": "fraudulent",
+        "opened_on": obj["invoice_date"],
+    }
+    send(client, "dispute", dispute)
+    send(client, "dispute", cs.changed(dispute, status="lost", closed_on=obj["invoice_date"]))
+    posted(f"{dispute['id']}:lost", Operation.LOSE_DISPUTE)
+
+    after = {code: tryton.account_balance(code) for code in ("1150", "1190", "6810")}
+    assert after["1150"] - before["1150"] == Decimal("-61.50")
+    assert after["1190"] == before["1190"]
+    assert after["6810"] - before["6810"] == Decimal("61.50")
+    assert tryton.receivable(f"{SOURCE}:{customer_id}") == Decimal("0") == billing_receivable(customer_id)

@@ -142,7 +142,9 @@ def test_the_schemas_are_published_with_their_versions(client: Client) -> None:
     assert {(item["type"], item["version"], item["latest"]) for item in index} == {
         ("credit_memo", 1, True),
         ("customer", 1, True),
-        ("event", 1, True),
+        ("dispute", 1, True),
+        ("event", 1, False),
+        ("event", 2, True),
         ("invoice", 1, True),
         ("payment", 1, True),
     }

@@ -18,7 +18,7 @@ SCHEMAS = sorted(canonical.SCHEMA_DIR.glob("*.v*.json"))
 
 
 def test_every_document_type_has_a_published_schema() -> None:
-    assert canonical.document_types() == ["credit_memo", "customer", "invoice", "payment"]
+    assert canonical.document_types() == ["credit_memo", "customer", "dispute", "invoice", "payment"]
     assert [path.name for path in SCHEMAS] == sorted(json.loads(canonical.LOCK_FILE.read_text()))
 
 
@@ -32,7 +32,7 @@ def test_each_schema_is_valid_and_validates_its_examples(path: Path) -> None:
         assert errors == [], f"{path.name}: an example fails its own schema: {errors}"
 
 
-@pytest.mark.parametrize("kind", ["customer", "invoice", "payment", "credit_memo"])
+@pytest.mark.parametrize("kind", ["customer", "invoice", "payment", "credit_memo", "dispute"])
 def test_each_example_becomes_ledger_commands(kind: str) -> None:
     for example in canonical.published()[kind][1]["examples"]:
         kind_seen, version, data = canonical.validate({"type": kind, "schema_version": 1, "data": example})
@@ -143,3 +143,20 @@ def test_a_quantity_written_as_a_binary_float_is_refused() -> None:
     payload = invoice_event()
     payload["data"]["lines"][0]["quantity"] = 0.1  # type: ignore[index]
     assert refusal(payload)[0].startswith("data.lines[0].quantity: 0.1 is not valid under any of the given schemas")
+
+
+def test_the_newer_envelope_still_accepts_what_the_first_one_did() -> None:
+    first = canonical.published()["event"][1]["examples"][0]
+    assert canonical.validate(first)[0] == "invoice"
+    dispute = canonical.published()["dispute"][1]["examples"][1]
+    kind, _, data = canonical.validate({"type": "dispute", "schema_version": 1, "data": dispute})
+    [command] = canonical.commands(kind, data)
+    assert (command.status, str(command.closed_on)) == ("lost", "2026-12-20")  # type: ignore[union-attr]
+
+
+def test_a_decided_dispute_needs_its_decision_date() -> None:
+    data = {**canonical.published()["dispute"][1]["examples"][1]}
+    del data["closed_on"]
+    assert refusal({"type": "dispute", "schema_version": 1, "data": data}) == [
+        "data.closed_on: a lost dispute needs the day it was decided"
+    ]
