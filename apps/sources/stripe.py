@@ -40,6 +40,8 @@ BACKFILL_EVENT = "hub.backfill.invoice"
 CUSTOMER_EVENTS = {"customer.created", "customer.updated"}
 INVOICE_EVENTS = {
     "invoice.finalized",
+    "invoice.updated",
+    "invoice.payment_failed",
     "invoice.paid",
     "invoice.payment_succeeded",
     "invoice.voided",
@@ -442,6 +444,8 @@ def parse_event(event: dict[str, Any]) -> list[LedgerCommand]:
             if paid_part is not None:
                 backfilled.append(paid_part)
         return backfilled
+    if event_type == "invoice.updated" and obj.get("status") == "draft":
+        raise IgnoredEvent("invoice.updated of a draft invoice: only finalized invoices are posted.")
     if event_type in INVOICE_EVENTS:
         commands: list[LedgerCommand] = [invoice_from_object(obj, version)]
         if obj.get("status") == "paid":

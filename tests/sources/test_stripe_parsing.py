@@ -149,3 +149,11 @@ def test_a_dispute_with_an_unknown_status_is_refused_by_name() -> None:
     obj = {**se.dispute(se.payment_intent("cus_1", "in_1", 100)), "status": "escalated"}
     with pytest.raises(InvalidPayload, match="unknown dispute status 'escalated'"):
         parse_event(se.event("charge.dispute.updated", obj))
+
+
+def test_updated_and_payment_failed_invoices_keep_their_status_and_drafts_are_ignored() -> None:
+    obj = se.invoice("cus_A", [se.line(2500)])
+    [failed] = parse_event(se.event("invoice.payment_failed", obj))
+    assert isinstance(failed, InvoiceData) and failed.status == "open" and failed.amount_paid_minor == 0
+    with pytest.raises(IgnoredEvent, match="draft invoice"):
+        parse_event(se.event("invoice.updated", {**obj, "status": "draft"}))
