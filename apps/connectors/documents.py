@@ -132,15 +132,17 @@ class RefundDocument:
 
 @dataclass(frozen=True)
 class VoidDocument:
-    """Billing voided a finalized invoice: the ERP cancels it the way its rules allow for a posted
-    document (cancel, or a credit note that cancels it)."""
+    """Billing voided a finalized invoice, or amended it (the new version replaces this one): the
+    ERP cancels it the way its rules allow for a posted document (cancel, or a credit note that
+    cancels it)."""
 
-    external_ref: str  # "<source>:<invoice source_id>:void"
+    external_ref: str  # "<source>:<invoice version's source_id>:void"
     invoice_ref: str
     invoice_erp_id: str  # from the posted invoice posting
     voided_on: date
     number: str = ""  # the billing engine's invoice number, for people
     correlation_id: str = ""
+    why: str = "voided"  # what billing did, for the messages: "voided" or "amended"
 
 
 @dataclass(frozen=True)

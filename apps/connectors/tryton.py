@@ -716,7 +716,7 @@ class TrytonConnector(ERPConnector):
         if invoice["state"] == "paid" or invoice["payment_lines"]:
             raise BusinessRuleError(
                 "void_after_payment",
-                f"Billing voided invoice {doc.number or doc.invoice_ref}, but Tryton invoice {invoice['number']} "
+                f"Billing {doc.why} invoice {doc.number or doc.invoice_ref}, but Tryton invoice {invoice['number']} "
                 "already has payments recorded, so it cannot be cancelled. Refund the payment in billing (or "
                 "remove the payment in Tryton), then retry.",
                 f"invoice {invoice_id} state {invoice['state']} payment_lines {invoice['payment_lines']}",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
+from django.utils import timezone
+
 from apps.connectors.base import DISPUTE_MOVEMENTS
 from apps.connectors.documents import (
     Address,
@@ -122,7 +124,7 @@ def _line_document(
 def invoice_document(posting: Posting, invoice: Invoice) -> InvoiceDocument:
     customer_erp_id = _erp_id_of_parent(posting.connection, Operation.ENSURE_CUSTOMER, customer=invoice.customer)
     return InvoiceDocument(
-        external_ref=invoice.external_ref,
+        external_ref=posting.external_ref,  # the version's reference: the billing id, then <id>#r<n>
         number=invoice.number,
         customer_ref=invoice.customer.external_ref,
         customer_erp_id=customer_erp_id,
@@ -166,11 +168,17 @@ def _status_date(record: Invoice | CreditMemo) -> date:
 
 
 def void_document(posting: Posting, invoice: Invoice) -> VoidDocument:
+    """Voids the version its parent posted (the one billing voided, or one an amendment replaces)."""
+    parent = Posting.objects.filter(idempotency_key=posting.depends_on_key, state=PostingState.POSTED).first()
+    if parent is None:
+        raise LookupError(f"the invoice posting {posting.depends_on_key} is not posted")
+    amended = invoice.status != Invoice.STATUS_VOID
     return VoidDocument(
         external_ref=posting.external_ref,
-        invoice_ref=invoice.external_ref,
-        invoice_erp_id=_erp_id_of_parent(posting.connection, Operation.POST_INVOICE, invoice=invoice),
-        voided_on=_status_date(invoice),
+        invoice_ref=parent.external_ref,
+        invoice_erp_id=parent.erp_id,
+        voided_on=max(timezone.localdate(), invoice.invoice_date) if amended else _status_date(invoice),
+        why="amended" if amended else "voided",
         number=invoice.number,
         correlation_id=posting.correlation_id,
     )

@@ -115,18 +115,75 @@ def _invoice_problem(invoice: Invoice) -> tuple[str, str, str] | None:
             f"subtotal_minor={invoice.subtotal_minor} tax_minor={invoice.tax_minor} total_minor={invoice.total_minor} "
             f"line amounts={[line.amount_minor for line in lines]} line taxes={[line.tax_minor for line in lines]}",
         )
-    if invoice.revision > 1 and Posting.objects.filter(invoice=invoice, operation=Operation.POST_INVOICE).exists():
-        return (
-            "amended_after_posting",
-            f"Invoice {invoice.number or invoice.source_id} changed in billing after it was sent to the ERP "
-            f"(revision {invoice.revision}). Review it and correct the ERP document by hand, then skip this posting.",
-            "amendment postings are not supported by this hub version",
-        )
     return None
 
 
+def version_source_id(source_id: str, revision: int) -> str:
+    """The id an invoice version is posted under: the billing id for the first, then ``#r<n>``,
+    so each version is its own ERP document and the ERP never holds two under one reference."""
+    return source_id if revision == 1 else f"{source_id}#r{revision}"
+
+
 def invoice_posting_key(invoice: Invoice, connection: ERPConnection) -> str:
-    return idempotency_key(connection.name, Operation.POST_INVOICE, invoice.source, invoice.source_id, invoice.revision)
+    return idempotency_key(
+        connection.name,
+        Operation.POST_INVOICE,
+        invoice.source,
+        version_source_id(invoice.source_id, invoice.revision),
+        invoice.revision,
+    )
+
+
+def _plan_invoice_version(invoice: Invoice, connection: ERPConnection, customer_posting: Posting) -> list[Posting]:
+    """The invoice's current version. An amended invoice (a new revision after an earlier one was
+    planned) replaces the earlier version: that one is voided in the ERP first (the connector's
+    own rule for posted documents), then the new version is posted under its own reference. An
+    earlier version that never reached the ERP (parked or dead) is skipped as superseded."""
+    from apps.posting.services import skip_posting
+
+    planned = []
+    depends_on = customer_posting.idempotency_key
+    earlier = (
+        Posting.objects.filter(
+            invoice=invoice, connection=connection, operation=Operation.POST_INVOICE, revision__lt=invoice.revision
+        )
+        .exclude(state=PostingState.SKIPPED)
+        .order_by("-revision")
+        .first()
+    )
+    if earlier is not None and earlier.state in (PostingState.PARKED, PostingState.DEAD):
+        skip_posting(
+            earlier.pk,
+            actor=audit.SYSTEM,
+            reason=f"Superseded by revision {invoice.revision} of the invoice in billing, which is posted instead.",
+        )
+    elif earlier is not None:
+        void = _plan(
+            connection=connection,
+            operation=Operation.VOID_INVOICE,
+            source=invoice.source,
+            source_id=f"{earlier.source_id}{VOID_SUFFIX}",
+            revision=1,
+            depends_on_key=earlier.idempotency_key,
+            correlation_id=invoice.correlation_id,
+            invoice=invoice,
+        )
+        planned.append(void)
+        depends_on = void.idempotency_key
+    planned.append(
+        _plan(
+            connection=connection,
+            operation=Operation.POST_INVOICE,
+            source=invoice.source,
+            source_id=version_source_id(invoice.source_id, invoice.revision),
+            revision=invoice.revision,
+            depends_on_key=depends_on,
+            correlation_id=invoice.correlation_id,
+            park=_invoice_problem(invoice),
+            invoice=invoice,
+        )
+    )
+    return planned
 
 
 def plan_invoice(invoice: Invoice) -> list[Posting]:
@@ -136,20 +193,7 @@ def plan_invoice(invoice: Invoice) -> list[Posting]:
     connection = route(invoice.legal_entity)
     with transaction.atomic(savepoint=False):
         customer_posting = plan_customer(invoice.customer, connection)
-        planned = [
-            customer_posting,
-            _plan(
-                connection=connection,
-                operation=Operation.POST_INVOICE,
-                source=invoice.source,
-                source_id=invoice.source_id,
-                revision=invoice.revision,
-                depends_on_key=customer_posting.idempotency_key,
-                correlation_id=invoice.correlation_id,
-                park=_invoice_problem(invoice),
-                invoice=invoice,
-            ),
-        ]
+        planned = [customer_posting, *_plan_invoice_version(invoice, connection, customer_posting)]
         for application in invoice.payments.select_related("payment"):
             planned.append(_plan_application(application, invoice, connection))
         for memo in invoice.credit_memos.filter(status=CreditMemo.STATUS_ISSUED):
@@ -200,7 +244,7 @@ def _plan_voids(
                     connection=connection,
                     operation=operation,
                     source=record.source,
-                    source_id=f"{record.source_id}{VOID_SUFFIX}",
+                    source_id=f"{latest.source_id}{VOID_SUFFIX}",  # the voided version's own reference
                     revision=1,
                     depends_on_key=latest.idempotency_key,
                     correlation_id=record.correlation_id,

@@ -194,3 +194,32 @@ def test_payment_then_dispute_lost_moves_the_money_to_dispute_losses(client: Cli
     assert after["1190"] == before["1190"]
     assert after["6810"] - before["6810"] == Decimal("61.50")
     assert tryton.receivable(f"{SOURCE}:{customer_id}") == Decimal("0") == billing_receivable(customer_id)
+
+
+def test_an_amended_invoice_replaces_the_posted_version_in_tryton(client: Client, tryton: Any) -> None:
+    obj = new_invoice()
+    customer_id = obj["customer"]["id"]
+    send(client, "invoice", obj)
+    first = posted(obj["id"], Operation.POST_INVOICE)
+
+    extra = cs.line(1000, description="Onboarding")
+    amended = cs.changed(
+        obj, lines=[*obj["lines"], extra], subtotal_minor=7150, total_minor=7150
+    )  # billing added a line after the invoice was posted
+    send(client, "invoice", amended)
+    second = posted(f"{obj['id']}#r2", Operation.POST_INVOICE)
+    void = Posting.objects.get(source_id=f"{obj['id']}:void", operation=Operation.VOID_INVOICE)
+
+    assert (void.depends_on_key, second.depends_on_key) == (first.idempotency_key, void.idempotency_key)
+    [old] = tryton.invoices(f"{SOURCE}:{obj['id']}")
+    [new] = tryton.invoices(f"{SOURCE}:{obj['id']}#r2")
+    assert (old["state"], new["state"], new["total_amount"]) == ("cancelled", "posted", Decimal("71.50"))
+    assert tryton.receivable(f"{SOURCE}:{customer_id}") == Decimal("71.50") == billing_receivable(customer_id)
+
+    pay = cs.payment(customer_id, [(obj["id"], 7150)])
+    send(client, "payment", pay)
+    send(client, "invoice", cs.changed(amended, status="paid", amount_paid_minor=7150))
+    posted(f"{pay['id']}:{obj['id']}", Operation.APPLY_PAYMENT)  # applied to the version the ERP now holds
+    [new] = tryton.invoices(f"{SOURCE}:{obj['id']}#r2")
+    assert new["state"] == "paid"
+    assert tryton.receivable(f"{SOURCE}:{customer_id}") == Decimal("0") == billing_receivable(customer_id)
