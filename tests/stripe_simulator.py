@@ -137,6 +137,7 @@ class StripeSimulator:
             if key:
                 self._idempotent[key] = (params, 200, body)
         if fault == "timeout_after_commit":
+            record.status = 200  # committed; the answer comes after the client stopped waiting
             time.sleep(self.hang_seconds)
         self._answer(handler, record, 200, body)
 

@@ -47,7 +47,16 @@ def timeline_link(posting: Posting) -> str:
 def retry_postings(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Posting]) -> None:
     """The body of every "retry selected postings" action; each admin guards it with its permission."""
     retried, refused = 0, []
-    for posting in queryset.order_by("pk"):
+    selected = list(queryset.order_by("pk"))
+    if not selected:
+        # Between the page and the click, someone else retried them: they left this list.
+        modeladmin.message_user(
+            request,
+            "Nothing was retried: the selected postings are no longer parked or dead (already retried?).",
+            messages.WARNING,
+        )
+        return
+    for posting in selected:
         try:
             services.retry_posting(posting.pk, actor=request.user.get_username(), reason="retry from the console")
             retried += 1

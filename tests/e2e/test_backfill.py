@@ -77,7 +77,7 @@ def posted_by_the_earlier_integration(obj: dict[str, Any]) -> str:
             customer_ref=f"legacy:{obj['customer']}",
             customer_erp_id=party.erp_id,
             currency="USD",
-            invoice_date=date.today() - timedelta(days=3),
+            invoice_date=date.today(),  # Tryton keeps invoice dates in sequence order: never before the last one
             due_date=None,
             lines=(InvoiceLineDocument("Pro plan", Decimal(1), obj["total"], obj["total"], "4000"),),
             subtotal_minor=obj["total"],
