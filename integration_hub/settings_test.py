@@ -17,9 +17,9 @@ os.environ.setdefault("STRIPE_WEBHOOK_SECRET", "whsec_test_current_secret")
 os.environ.setdefault("HUB_CANONICAL_API_SECRET", "canonical_test_secret")
 os.environ.setdefault("CHARGEBEE_WEBHOOK_CREDENTIALS", "hub:chargebee-test-password")
 os.environ.setdefault("LAGO_WEBHOOK_HMAC_KEY", "lago_test_hmac_key")
-os.environ.setdefault("STRIPE_API_KEY", "sk_test_hub_writeback")
+os.environ.setdefault("STRIPE_API_KEY", "sk_test_hub_writeback")  # writeback, against tests/stripe_simulator.py
 os.environ.setdefault("RECURLY_WEBHOOK_KEY", "recurly_test_signature_key")
-os.environ.setdefault("RECURLY_API_KEY", "sim-recurly-private-key")  # tests/recurly_simulator.py  # writeback, against tests/stripe_simulator.py
+os.environ.setdefault("RECURLY_API_KEY", "sim-recurly-private-key")  # tests/recurly_simulator.py
 # The test web processes are runserver, one thread per request: a persistent connection per
 # thread would pile up to PostgreSQL's max_connections under a burst.
 os.environ.setdefault("DATABASE_CONN_MAX_AGE", "0")
