@@ -139,37 +139,18 @@ def _plan_invoice_version(invoice: Invoice, connection: ERPConnection, customer_
     planned) replaces the earlier version: that one is voided in the ERP first (the connector's
     own rule for posted documents), then the new version is posted under its own reference. An
     earlier version that never reached the ERP (parked or dead) is skipped as superseded."""
-    from apps.posting.services import skip_posting
-
-    planned = []
-    depends_on = customer_posting.idempotency_key
-    earlier = (
-        Posting.objects.filter(
-            invoice=invoice, connection=connection, operation=Operation.POST_INVOICE, revision__lt=invoice.revision
-        )
-        .exclude(state=PostingState.SKIPPED)
-        .order_by("-revision")
-        .first()
+    earlier = Posting.objects.filter(
+        invoice=invoice, connection=connection, operation=Operation.POST_INVOICE, revision__lt=invoice.revision
     )
-    if earlier is not None and earlier.state in (PostingState.PARKED, PostingState.DEAD):
-        skip_posting(
-            earlier.pk,
-            actor=audit.SYSTEM,
-            reason=f"Superseded by revision {invoice.revision} of the invoice in billing, which is posted instead.",
-        )
-    elif earlier is not None:
-        void = _plan(
-            connection=connection,
-            operation=Operation.VOID_INVOICE,
-            source=invoice.source,
-            source_id=f"{earlier.source_id}{VOID_SUFFIX}",
-            revision=1,
-            depends_on_key=earlier.idempotency_key,
-            correlation_id=invoice.correlation_id,
-            invoice=invoice,
-        )
-        planned.append(void)
-        depends_on = void.idempotency_key
+    planned = _plan_voids(
+        earlier,
+        Operation.VOID_INVOICE,
+        invoice,
+        "invoice",
+        moot_reason=f"Superseded by revision {invoice.revision} of the invoice in billing, which is posted instead.",
+        invoice=invoice,
+    )
+    depends_on = planned[0].idempotency_key if planned else customer_posting.idempotency_key
     planned.append(
         _plan(
             connection=connection,
@@ -222,8 +203,16 @@ def plan_void(invoice: Invoice) -> list[Posting]:
 
 
 def _plan_voids(
-    document_postings: QuerySet[Posting], operation: str, record: Invoice | CreditMemo, word: str, **document: object
+    document_postings: QuerySet[Posting],
+    operation: str,
+    record: Invoice | CreditMemo,
+    word: str,
+    *,
+    moot_reason: str = "",
+    **document: object,
 ) -> list[Posting]:
+    """Void the latest version of the document in each ERP that has it; one that never reached an
+    ERP (parked or dead) is skipped with ``moot_reason`` instead."""
     from apps.posting.services import skip_posting
 
     planned = []
@@ -236,7 +225,8 @@ def _plan_voids(
                 skip_posting(
                     latest.pk,
                     actor=audit.SYSTEM,
-                    reason=f"Billing voided the {word} before it reached the ERP: there is nothing to post.",
+                    reason=moot_reason
+                    or f"Billing voided the {word} before it reached the ERP: there is nothing to post.",
                 )
                 continue
             planned.append(
