@@ -13,7 +13,16 @@ from apps.core.errors import ConfigurationError
 
 CONNECTOR_CLASSES: dict[str, str] = {
     "tryton": "apps.connectors.tryton.TrytonConnector",
+    "netsuite": "apps.connectors.netsuite.NetSuiteConnector",
+    "dynamics365": "apps.connectors.dynamics365.Dynamics365Connector",
+    "sap_s4hana": "apps.connectors.sap_s4hana.S4HanaConnector",
+    "quickbooks": "apps.connectors.quickbooks.QuickBooksConnector",
+    "xero": "apps.connectors.xero.XeroConnector",
+    # Writeback to the billing engines: connections a source names as its writeback_connection.
     "stripe": "apps.connectors.stripe_writeback.StripeWriteback",
+    "chargebee": "apps.connectors.chargebee_writeback.ChargebeeWriteback",
+    "lago": "apps.connectors.lago_writeback.LagoWriteback",
+    "recurly": "apps.connectors.recurly_writeback.RecurlyWriteback",
 }
 
 _cache: dict[tuple[str, str], ERPConnector] = {}

@@ -10,8 +10,27 @@ from apps.ledger.models import LegalEntity
 
 class ERPConnection(models.Model):
     KIND_TRYTON = "tryton"
+    KIND_NETSUITE = "netsuite"
+    KIND_DYNAMICS365 = "dynamics365"
+    KIND_SAP_S4HANA = "sap_s4hana"
+    KIND_QUICKBOOKS = "quickbooks"
+    KIND_XERO = "xero"
     KIND_STRIPE = "stripe"
-    KIND_CHOICES = [(KIND_TRYTON, "Tryton"), (KIND_STRIPE, "Stripe (writeback to billing)")]
+    KIND_CHARGEBEE = "chargebee"
+    KIND_LAGO = "lago"
+    KIND_RECURLY = "recurly"
+    KIND_CHOICES = [
+        (KIND_TRYTON, "Tryton"),
+        (KIND_NETSUITE, "NetSuite (SuiteTalk REST)"),
+        (KIND_DYNAMICS365, "Dynamics 365 Finance (OData)"),
+        (KIND_SAP_S4HANA, "SAP S/4HANA Cloud"),
+        (KIND_QUICKBOOKS, "QuickBooks Online"),
+        (KIND_XERO, "Xero"),
+        (KIND_STRIPE, "Stripe (writeback to billing)"),
+        (KIND_CHARGEBEE, "Chargebee (writeback to billing)"),
+        (KIND_LAGO, "Lago (writeback to billing)"),
+        (KIND_RECURLY, "Recurly (writeback to billing)"),
+    ]
 
     name = models.SlugField(max_length=64, unique=True)
     kind = models.CharField(max_length=32, choices=KIND_CHOICES)

@@ -5,53 +5,80 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('ledger', '0001_initial'),
+        ("ledger", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ERPConnection',
+            name="ERPConnection",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.SlugField(max_length=64, unique=True)),
-                ('kind', models.CharField(choices=[('tryton', 'Tryton')], max_length=32)),
-                ('settings', models.JSONField(default=dict, help_text='Connector settings; secrets as env:VAR references.')),
-                ('active', models.BooleanField(default=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.SlugField(max_length=64, unique=True)),
+                ("kind", models.CharField(choices=[("tryton", "Tryton")], max_length=32)),
+                (
+                    "settings",
+                    models.JSONField(default=dict, help_text="Connector settings; secrets as env:VAR references."),
+                ),
+                ("active", models.BooleanField(default=True)),
             ],
             options={
-                'verbose_name': 'ERP connection',
-                'ordering': ['name'],
+                "verbose_name": "ERP connection",
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='Mapping',
+            name="Mapping",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('revenue_account', 'Revenue account'), ('tax_code', 'Tax code'), ('payment_journal', 'Payment journal')], max_length=32)),
-                ('key', models.CharField(max_length=255)),
-                ('value', models.CharField(blank=True, max_length=255)),
-                ('connection', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='mappings', to='routing.erpconnection')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("revenue_account", "Revenue account"),
+                            ("tax_code", "Tax code"),
+                            ("payment_journal", "Payment journal"),
+                        ],
+                        max_length=32,
+                    ),
+                ),
+                ("key", models.CharField(max_length=255)),
+                ("value", models.CharField(blank=True, max_length=255)),
+                (
+                    "connection",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="mappings", to="routing.erpconnection"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['connection', 'kind', 'key'],
-                'constraints': [models.UniqueConstraint(fields=('connection', 'kind', 'key'), name='mapping_once')],
+                "ordering": ["connection", "kind", "key"],
+                "constraints": [models.UniqueConstraint(fields=("connection", "kind", "key"), name="mapping_once")],
             },
         ),
         migrations.CreateModel(
-            name='RoutingRule',
+            name="RoutingRule",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('priority', models.PositiveIntegerField(default=100)),
-                ('connection', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, to='routing.erpconnection')),
-                ('legal_entity', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, to='ledger.legalentity')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("priority", models.PositiveIntegerField(default=100)),
+                (
+                    "connection",
+                    models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, to="routing.erpconnection"),
+                ),
+                (
+                    "legal_entity",
+                    models.ForeignKey(
+                        blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, to="ledger.legalentity"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['priority', 'id'],
-                'constraints': [models.UniqueConstraint(fields=('legal_entity', 'connection'), name='routing_rule_once')],
+                "ordering": ["priority", "id"],
+                "constraints": [
+                    models.UniqueConstraint(fields=("legal_entity", "connection"), name="routing_rule_once")
+                ],
             },
         ),
     ]

@@ -4,15 +4,22 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('routing', '0001_initial'),
+        ("routing", "0001_initial"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='mapping',
-            name='kind',
-            field=models.CharField(choices=[('revenue_account', 'Revenue account'), ('tax_code', 'Tax code'), ('payment_journal', 'Payment journal'), ('write_off_method', 'Write-off method (bad debt account)')], max_length=32),
+            model_name="mapping",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("revenue_account", "Revenue account"),
+                    ("tax_code", "Tax code"),
+                    ("payment_journal", "Payment journal"),
+                    ("write_off_method", "Write-off method (bad debt account)"),
+                ],
+                max_length=32,
+            ),
         ),
     ]

@@ -4,15 +4,24 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('routing', '0002_write_off_method_mapping'),
+        ("routing", "0002_write_off_method_mapping"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='mapping',
-            name='kind',
-            field=models.CharField(choices=[('revenue_account', 'Revenue account'), ('tax_code', 'Tax code'), ('payment_journal', 'Payment journal'), ('write_off_method', 'Write-off method (bad debt account)'), ('dispute_account', 'Disputed funds account'), ('dispute_loss_account', 'Dispute loss account')], max_length=32),
+            model_name="mapping",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("revenue_account", "Revenue account"),
+                    ("tax_code", "Tax code"),
+                    ("payment_journal", "Payment journal"),
+                    ("write_off_method", "Write-off method (bad debt account)"),
+                    ("dispute_account", "Disputed funds account"),
+                    ("dispute_loss_account", "Dispute loss account"),
+                ],
+                max_length=32,
+            ),
         ),
     ]

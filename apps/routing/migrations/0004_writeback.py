@@ -4,15 +4,16 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('routing', '0003_disputes'),
+        ("routing", "0003_disputes"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='erpconnection',
-            name='kind',
-            field=models.CharField(choices=[('tryton', 'Tryton'), ('stripe', 'Stripe (writeback to billing)')], max_length=32),
+            model_name="erpconnection",
+            name="kind",
+            field=models.CharField(
+                choices=[("tryton", "Tryton"), ("stripe", "Stripe (writeback to billing)")], max_length=32
+            ),
         ),
     ]
