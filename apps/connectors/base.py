@@ -58,6 +58,10 @@ DISPUTE_MOVEMENTS = {
 class ERPConnector(abc.ABC):
     kind: ClassVar[str]
     dedupe_strategy: ClassVar[str]
+    # Mapping kinds beyond the accounts every connector needs that this ERP cannot post without
+    # (``item``, ``currency``, a dimension such as ``subsidiary``): the hub parks a document as a
+    # missing-mapping case before calling the connector when one of them does not resolve.
+    required_mappings: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, settings: dict[str, Any]) -> None:
         """``settings`` is the connection's resolved configuration (secrets already read)."""

@@ -7,6 +7,21 @@ from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 
+# Accounting dimensions a document can carry, resolved from the connection's mappings (keyed by
+# legal entity, then region, then ``default``). ``company`` is the ERP's own entity for the legal
+# entity: NetSuite's subsidiary id, Dynamics 365's dataAreaId, SAP's company code, ...
+DIMENSIONS = (
+    "company",
+    "subsidiary",
+    "department",
+    "class",
+    "location",
+    "cost_center",
+    "business_unit",
+    "region",
+    "project",
+)
+
 
 @dataclass(frozen=True)
 class Address:
@@ -30,6 +45,8 @@ class CustomerDocument:
     bill_to: Address = field(default_factory=Address)
     sold_to: Address = field(default_factory=Address)
     correlation_id: str = ""
+    dimensions: dict[str, str] = field(default_factory=dict)
+    erp_currency: str = ""  # the ERP's identifier of ``currency`` where it has its own (NetSuite)
 
 
 @dataclass(frozen=True)
@@ -43,6 +60,7 @@ class InvoiceLineDocument:
     tax_minor: int = 0
     period_start: date | None = None
     period_end: date | None = None
+    item: str = ""  # the ERP's item / product identifier, from the mapping, where the ERP wants one
 
 
 @dataclass(frozen=True)
@@ -60,6 +78,8 @@ class InvoiceDocument:
     total_minor: int
     legal_entity: str = ""
     correlation_id: str = ""
+    dimensions: dict[str, str] = field(default_factory=dict)
+    erp_currency: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,6 +94,8 @@ class PaymentDocument:
     payment_journal: str  # the ERP's payment method / journal identifier, from the mapping
     method: str = ""
     correlation_id: str = ""
+    dimensions: dict[str, str] = field(default_factory=dict)
+    erp_currency: str = ""
 
 
 @dataclass(frozen=True)
@@ -90,6 +112,8 @@ class OnAccountDocument:
     received_on: date
     payment_journal: str
     correlation_id: str = ""
+    dimensions: dict[str, str] = field(default_factory=dict)
+    erp_currency: str = ""
 
 
 @dataclass(frozen=True)
@@ -113,6 +137,8 @@ class CreditMemoDocument:
     due_date: date | None = None
     legal_entity: str = ""
     correlation_id: str = ""
+    dimensions: dict[str, str] = field(default_factory=dict)
+    erp_currency: str = ""
 
 
 @dataclass(frozen=True)
@@ -122,12 +148,15 @@ class RefundDocument:
     external_ref: str  # "<source>:<credit note source_id>:refund"
     credit_memo_ref: str
     credit_memo_erp_id: str  # from the posted credit memo posting
+    customer_erp_id: str = field(default="", kw_only=True)  # the customer in the ERP, where documents name it
     currency: str
     amount_minor: int  # positive: what went back to the customer
     refunded_on: date
     payment_journal: str  # the ERP's payment method / journal the money left from, from the mapping
     number: str = ""
     correlation_id: str = ""
+    dimensions: dict[str, str] = field(default_factory=dict)
+    erp_currency: str = ""
 
 
 @dataclass(frozen=True)
@@ -139,10 +168,12 @@ class VoidDocument:
     external_ref: str  # "<source>:<invoice version's source_id>:void"
     invoice_ref: str
     invoice_erp_id: str  # from the posted invoice posting
+    customer_erp_id: str = field(default="", kw_only=True)  # the customer in the ERP, where documents name it
     voided_on: date
     number: str = ""  # the billing engine's invoice number, for people
     correlation_id: str = ""
     why: str = "voided"  # what billing did, for the messages: "voided" or "amended"
+    dimensions: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -153,6 +184,7 @@ class WriteOffDocument:
     external_ref: str  # "<source>:<invoice source_id>:write-off"
     invoice_ref: str
     invoice_erp_id: str
+    customer_erp_id: str = field(default="", kw_only=True)  # the customer in the ERP, where documents name it
     currency: str
     amount_minor: int  # what billing writes off: the invoice total less what was paid
     written_off_on: date
@@ -160,6 +192,8 @@ class WriteOffDocument:
     number: str = ""
     reason: str = ""
     correlation_id: str = ""
+    dimensions: dict[str, str] = field(default_factory=dict)
+    erp_currency: str = ""
 
 
 @dataclass(frozen=True)
@@ -181,6 +215,8 @@ class DisputeMovementDocument:
     loss_account: str = ""  # only for ``lost``
     reason: str = ""
     correlation_id: str = ""
+    dimensions: dict[str, str] = field(default_factory=dict)
+    erp_currency: str = ""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from apps.connectors.base import DISPUTE_MOVEMENTS
 from apps.connectors.documents import (
+    DIMENSIONS,
     Address,
     CreditMemoDocument,
     CustomerDocument,
@@ -22,7 +23,8 @@ from apps.connectors.documents import (
     WritebackDocument,
     WriteOffDocument,
 )
-from apps.core.errors import BusinessRuleError
+from apps.connectors.registry import connector_class
+from apps.core.errors import BusinessRuleError, ConfigurationError
 from apps.ledger.models import (
     CreditMemo,
     CreditMemoLine,
@@ -30,6 +32,7 @@ from apps.ledger.models import (
     Dispute,
     Invoice,
     InvoiceLine,
+    LegalEntity,
     Payment,
     PaymentApplication,
 )
@@ -45,6 +48,9 @@ _MAPPING_WORDS = {
     Mapping.KIND_WRITE_OFF_METHOD: "write-off method",
     Mapping.KIND_DISPUTE_ACCOUNT: "disputed funds account",
     Mapping.KIND_DISPUTE_LOSS_ACCOUNT: "dispute loss account",
+    Mapping.KIND_ITEM: "item",
+    Mapping.KIND_CURRENCY: "currency",
+    **{name: f"{name.replace('_', ' ')} dimension" for name in DIMENSIONS},
 }
 
 
@@ -52,8 +58,62 @@ def _address(data: dict[str, str]) -> Address:
     return Address(**{key: str(data.get(key) or "") for key in Address.__dataclass_fields__})
 
 
-def customer_document(customer: Customer) -> CustomerDocument:
+def _required(connection: ERPConnection) -> frozenset[str]:
+    try:
+        return connector_class(connection.kind).required_mappings
+    except ConfigurationError:
+        return frozenset()
+
+
+def _optional(connection: ERPConnection, kind: str, keys: list[str], what: str) -> str:
+    """A mapping the connection may leave out, unless its connector cannot post without it."""
+    if kind in _required(connection):
+        return _mapped(connection, kind, keys, what)
+    try:
+        return resolve_mapping(connection, kind, keys)
+    except MissingMapping:
+        return ""
+
+
+def _entity_keys(legal_entity: LegalEntity | None) -> list[str]:
+    return [legal_entity.code, legal_entity.country] if legal_entity else []
+
+
+def dimensions(connection: ERPConnection, legal_entity: LegalEntity | None) -> dict[str, str]:
+    """The document's accounting dimensions: per dimension, the mapping for the legal entity, else
+    its region (country), else ``default``; a dimension the connector requires and nothing maps
+    parks the document as a missing-mapping case."""
+    keys = _entity_keys(legal_entity)
+    candidates = [key for key in keys if key] + [Mapping.DEFAULT_KEY]
+    found: dict[str, dict[str, str]] = {}
+    for mapping in Mapping.objects.filter(connection=connection, kind__in=DIMENSIONS, key__in=candidates):
+        found.setdefault(mapping.kind, {})[mapping.key] = mapping.value
+    resolved: dict[str, str] = {}
+    what = f"legal entity {legal_entity.code}" if legal_entity else "documents without a legal entity"
+    for name in DIMENSIONS:
+        value = next((found[name][key] for key in candidates if key in found.get(name, {})), None)
+        if value is None and name in _required(connection):
+            value = _mapped(connection, name, keys, what)  # raises the missing-mapping case
+        if value:
+            resolved[name] = value
+    return resolved
+
+
+def erp_currency(connection: ERPConnection, currency: str) -> str:
+    return _optional(connection, Mapping.KIND_CURRENCY, [currency.upper()], f"currency {currency.upper()}")
+
+
+def customer_document(customer: Customer, connection: ERPConnection | None = None) -> CustomerDocument:
+    extra = (
+        {
+            "dimensions": dimensions(connection, customer.legal_entity),
+            "erp_currency": erp_currency(connection, customer.currency) if customer.currency else "",
+        }
+        if connection is not None
+        else {}
+    )
     return CustomerDocument(
+        **extra,  # type: ignore[arg-type]
         external_ref=customer.external_ref,
         name=customer.name,
         email=customer.email,
@@ -118,6 +178,7 @@ def _line_document(
         tax_minor=line.tax_minor,
         period_start=getattr(line, "period_start", None),
         period_end=getattr(line, "period_end", None),
+        item=_optional(connection, Mapping.KIND_ITEM, keys, what),
     )
 
 
@@ -137,6 +198,8 @@ def invoice_document(posting: Posting, invoice: Invoice) -> InvoiceDocument:
         total_minor=invoice.total_minor,
         legal_entity=invoice.legal_entity.code if invoice.legal_entity else "",
         correlation_id=invoice.correlation_id,
+        dimensions=dimensions(posting.connection, invoice.legal_entity),
+        erp_currency=erp_currency(posting.connection, invoice.currency),
     )
 
 
@@ -158,6 +221,8 @@ def payment_document(posting: Posting, application: PaymentApplication) -> Payme
         ),
         method=payment.method,
         correlation_id=payment.correlation_id,
+        dimensions=dimensions(posting.connection, invoice.legal_entity),
+        erp_currency=erp_currency(posting.connection, payment.currency),
     )
 
 
@@ -181,6 +246,8 @@ def void_document(posting: Posting, invoice: Invoice) -> VoidDocument:
         why="amended" if amended else "voided",
         number=invoice.number,
         correlation_id=posting.correlation_id,
+        customer_erp_id=_erp_id_of_parent(posting.connection, Operation.ENSURE_CUSTOMER, customer=invoice.customer),
+        dimensions=dimensions(posting.connection, invoice.legal_entity),
     )
 
 
@@ -202,6 +269,9 @@ def write_off_document(posting: Posting, invoice: Invoice) -> WriteOffDocument:
         number=invoice.number,
         reason="marked uncollectible in billing",
         correlation_id=posting.correlation_id,
+        customer_erp_id=_erp_id_of_parent(posting.connection, Operation.ENSURE_CUSTOMER, customer=customer),
+        dimensions=dimensions(posting.connection, invoice.legal_entity),
+        erp_currency=erp_currency(posting.connection, invoice.currency),
     )
 
 
@@ -235,11 +305,23 @@ def credit_memo_document(posting: Posting, memo: CreditMemo) -> CreditMemoDocume
         reason=memo.reason,
         legal_entity=invoice.legal_entity.code if invoice.legal_entity else "",
         correlation_id=memo.correlation_id,
+        dimensions=dimensions(posting.connection, invoice.legal_entity),
+        erp_currency=erp_currency(posting.connection, memo.currency),
     )
 
 
+def _customer_erp_id(posting: Posting, customer: Customer | None) -> str:
+    if customer is None:
+        return ""
+    return _erp_id_of_parent(posting.connection, Operation.ENSURE_CUSTOMER, customer=customer)
+
+
 def refund_document(posting: Posting, memo: CreditMemo) -> RefundDocument:
+    invoice = memo.invoice
     return RefundDocument(
+        customer_erp_id=_customer_erp_id(posting, invoice.customer if invoice else None),
+        dimensions=dimensions(posting.connection, invoice.legal_entity if invoice else None),
+        erp_currency=erp_currency(posting.connection, memo.currency),
         external_ref=posting.external_ref,
         credit_memo_ref=memo.external_ref,
         credit_memo_erp_id=_erp_id_of_parent(posting.connection, Operation.POST_CREDIT_MEMO, credit_memo=memo),
@@ -254,7 +336,10 @@ def refund_document(posting: Posting, memo: CreditMemo) -> RefundDocument:
 
 def void_credit_memo_document(posting: Posting, memo: CreditMemo) -> VoidDocument:
     """A credit note is voided the way an invoice is: the connector cancels the ERP document."""
+    invoice = memo.invoice
     return VoidDocument(
+        customer_erp_id=_customer_erp_id(posting, invoice.customer if invoice else None),
+        dimensions=dimensions(posting.connection, invoice.legal_entity if invoice else None),
         external_ref=posting.external_ref,
         invoice_ref=memo.external_ref,
         invoice_erp_id=_erp_id_of_parent(posting.connection, Operation.POST_CREDIT_MEMO, credit_memo=memo),
@@ -271,6 +356,8 @@ def dispute_document(posting: Posting, dispute: Dispute) -> DisputeMovementDocum
     method = dispute.payment.method if dispute.payment is not None and dispute.payment.method else "card"
     moved_on = dispute.opened_on if movement == "withdrawn" else (dispute.closed_on or dispute.updated_at.date())
     return DisputeMovementDocument(
+        dimensions=dimensions(posting.connection, dispute.legal_entity),
+        erp_currency=erp_currency(posting.connection, dispute.currency),
         external_ref=posting.external_ref,
         dispute_ref=dispute.external_ref,
         payment_ref=f"{dispute.source}:{dispute.payment_source_id}",
@@ -300,6 +387,8 @@ def on_account_document(posting: Posting, payment: Payment) -> OnAccountDocument
     customer = payment.customer
     assert customer is not None  # planned only with a customer
     return OnAccountDocument(
+        dimensions=dimensions(posting.connection, customer.legal_entity),
+        erp_currency=erp_currency(posting.connection, payment.currency),
         external_ref=posting.external_ref,
         payment_ref=payment.external_ref,
         customer_ref=customer.external_ref,

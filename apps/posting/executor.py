@@ -205,7 +205,7 @@ def release_waiting(parent_key: str) -> list[int]:
 
 # Operation → (the posting's record the document is built from, the builder, the connector method).
 _OPERATIONS: dict[str, tuple[str, Callable[[Posting, Any], Any], str]] = {
-    Operation.ENSURE_CUSTOMER: ("customer", lambda _, customer: customer_document(customer), "ensure_customer"),
+    Operation.ENSURE_CUSTOMER: ("customer", lambda p, c: customer_document(c, p.connection), "ensure_customer"),
     Operation.POST_INVOICE: ("invoice", invoice_document, "post_invoice"),
     Operation.APPLY_PAYMENT: ("payment_application", payment_document, "apply_payment"),
     Operation.POST_CREDIT_MEMO: ("credit_memo", credit_memo_document, "post_credit_memo"),

@@ -4,6 +4,7 @@ from typing import Any
 
 from django.db import models
 
+from apps.connectors.documents import DIMENSIONS
 from apps.core import secrets
 from apps.ledger.models import LegalEntity
 
@@ -75,6 +76,8 @@ class Mapping(models.Model):
     KIND_WRITE_OFF_METHOD = "write_off_method"
     KIND_DISPUTE_ACCOUNT = "dispute_account"
     KIND_DISPUTE_LOSS_ACCOUNT = "dispute_loss_account"
+    KIND_ITEM = "item"
+    KIND_CURRENCY = "currency"
     KIND_CHOICES = [
         (KIND_REVENUE_ACCOUNT, "Revenue account"),
         (KIND_TAX_CODE, "Tax code"),
@@ -82,6 +85,10 @@ class Mapping(models.Model):
         (KIND_WRITE_OFF_METHOD, "Write-off method (bad debt account)"),
         (KIND_DISPUTE_ACCOUNT, "Disputed funds account"),
         (KIND_DISPUTE_LOSS_ACCOUNT, "Dispute loss account"),
+        (KIND_ITEM, "Item (ERP product), keyed like revenue accounts"),
+        (KIND_CURRENCY, "Currency (ERP identifier), keyed by ISO code"),
+        # Accounting dimensions, keyed by legal entity code, then region (country), then default.
+        *[(name, f"Dimension: {name.replace('_', ' ')}") for name in DIMENSIONS],
     ]
     DEFAULT_KEY = "default"
 
