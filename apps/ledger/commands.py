@@ -72,6 +72,9 @@ class InvoiceData:
 class PaymentApplicationData:
     invoice_source_id: str
     amount_minor: int
+    # Settled from credit billing already holds for the customer (prepaid credits bought earlier, a
+    # credit note's credit), not from new cash: posted as ``apply_credit``.
+    from_credit: bool = False
 
 
 @dataclass(frozen=True)

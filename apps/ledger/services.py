@@ -290,7 +290,7 @@ def upsert_payment(source: str, data: PaymentData, *, correlation_id: str = "") 
                 defaults={
                     "amount_minor": application.amount_minor,
                     "invoice": Invoice.objects.filter(source=source, source_id=application.invoice_source_id).first(),
-                    "from_credit": not created and payment.on_account_minor > 0,
+                    "from_credit": application.from_credit or (not created and payment.on_account_minor > 0),
                 },
             )
             changed = changed or made
