@@ -33,15 +33,23 @@ Ordering: ``source_version`` is the object's ``updated_at`` in milliseconds.
 
 Mapping (``<object_type>.<event_type>``):
 - ``account.created|updated`` → CustomerData, named by the account code (immutable in Recurly).
-- ``charge_invoice.created|processing|past_due|paid|failed|reopened|updated`` → InvoiceData. States
-  ``pending``, ``processing`` and ``past_due`` are ``open``; ``paid`` is ``paid``; ``failed``
-  (dunning ended, or marked failed) is ``uncollectible``: the hub writes off what was not settled.
-  ``amount_paid`` is ``total - balance`` (settled by transactions and credit). Lines are net of
-  discounts and exclusive of tax (``subtotal - discount``, less ``tax`` for tax-inclusive prices);
-  zero lines (free trials) are left out and an invoice of zero is not posted. ``price_id`` is the
-  add-on code, else the plan code, else the item code; the product is the plan (else the item).
-- ``payment.succeeded`` → PaymentData for a successful purchase/capture transaction, applied to its
-  invoice. ``payment.refunded`` (a refund transaction) → the credit invoice it belongs to.
+- ``charge_invoice.created|processing|past_due|paid|failed|reopened|updated`` → InvoiceData, plus a
+  PaymentData for each collected purchase or capture the invoice carries (Recurly calls its payment
+  notifications legacy and says to rely on invoice notifications: the invoice's ``transactions`` are
+  the truth). States ``pending``, ``processing`` and ``past_due`` are ``open``; ``paid`` is ``paid``;
+  ``failed`` (dunning ended, or marked failed) is ``uncollectible``: the hub writes off what was not
+  settled. ``amount_paid`` is ``total - balance`` (settled by transactions and credit) less what was
+  written off: Recurly records the write-off of a failed invoice's balance as a credit invoice of
+  origin ``write_off`` applied with credit payments of action ``write_off``. Such an invoice is
+  ``uncollectible`` for that amount, and the write-off credit invoice itself is not posted (it would
+  lower the receivable twice). Lines are net of discounts and exclusive of tax (``subtotal -
+  discount``, less ``tax`` for tax-inclusive prices); zero lines (free trials) are left out and an
+  invoice of zero is not posted. ``price_id`` is the add-on code, else the plan code, else the item
+  code; the product is the plan (else the item).
+- ``payment.succeeded`` → PaymentData for a collected purchase/capture transaction (status
+  ``success``, or ``chargeback``: collected, then taken back, which is posted as a dispute), applied
+  to its invoice; the invoice is read too, to know whether it is a prepayment. ``payment.refunded`` (a
+  refund transaction) → the credit invoice it belongs to, or the dispute when it is a chargeback.
 - ``credit_invoice.created|processing|closed|voided|reopened|opened|updated`` and
   ``credit_payment.created|voided`` → CreditMemoData for the credit invoice (amounts positive;
   Recurly shows them negative). It credits the charge invoice named by ``previous_invoice_id``, else
@@ -49,9 +57,35 @@ Mapping (``<object_type>.<event_type>``):
   invoice its credit was applied to (a custom credit is posted when it is first applied, against that
   invoice; one spread over several invoices is all posted against the first, and finance matches the
   rest in the ERP). ``refunded_minor`` is what its successful refund transactions paid back.
-  ``voided`` is ``void``. Credit from gift cards, prepayments and carried-forward balances is money
-  already received, not a credit note: those credit invoices are not posted.
+  ``voided`` is ``void``. Credit from gift cards and carried-forward balances is not a credit note:
+  those credit invoices are not posted. A credit payment of action ``write_off`` posts the charge
+  invoice it wrote off.
 - Anything else: ``IgnoredEvent("Recurly webhook X is not posted by this hub version.")``.
+
+How Recurly's concepts meet the hub's worked examples:
+- Void: API v3 voids credit invoices only; a charge invoice issued in error is cancelled with an
+  open-amount refund, a credit invoice (origin ``open_amount_refund``) for the whole open amount. The
+  hub posts it as a credit note, which the ERP reconciles with the invoice: the receivable is zero,
+  as after a void. A charge invoice in the API's ``voided`` state is
+  ``void`` and cancelled in the ERP.
+- Over-payment and customer credit: Recurly never takes more than an invoice's balance (an external
+  payment cannot exceed it, a card is charged the balance). Cash paid ahead is a prepayment
+  ("prepaid account balance"): a charge invoice whose lines have origin ``prepayment``, paid by a
+  purchase, and the opposite credit invoice of origin ``prepayment`` that holds the balance. The hub
+  posts the purchase as unapplied cash (the customer's credit), not the prepayment invoice (it is
+  not a sale), and each credit payment from the prepayment credit invoice to a charge invoice as that
+  same payment settling the invoice from the credit (``apply_credit``). The credit invoice is linked
+  to its prepayment invoice by ``previous_invoice_id`` or its lines' ``original_line_item_invoice_id``;
+  one with neither is not posted, with that reason. A credit payment voided later (its invoice
+  failed) is not taken back in the ERP: finance reverses it there.
+- Disputes: Recurly learns of a chargeback only when it is final and lost (Chargeback management for
+  cards, Adyen, Chase and Stripe gateways): it then creates an external refund credit invoice and a
+  refund transaction of origin ``chargeback``. The hub posts that as a dispute that is lost (funds
+  withdrawn, then moved to dispute losses, the invoice staying paid), not as a credit note and a
+  refund. Recurly sends nothing while a dispute is open, nothing when the merchant wins it, and
+  processes no chargeback reversals: a won dispute moves no money in the ERP, which is the net of the
+  other engines' withdrawn-then-reinstated moves; a reversal after a loss is recorded in the ERP by
+  hand.
 """
 
 from __future__ import annotations
@@ -64,6 +98,7 @@ import re
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -76,6 +111,7 @@ from apps.ledger.commands import (
     CreditMemoData,
     CreditMemoLineData,
     CustomerData,
+    DisputeData,
     InvoiceData,
     InvoiceLineData,
     LedgerCommand,
@@ -117,6 +153,12 @@ _CHARGE_STATES = {
 # Credit that stands for money already received: applying it settles an invoice, it does not credit one.
 _SETTLEMENT_ORIGINS = {"gift_card", "prepayment", "carryforward_credit", "carryforward_gift_credit"}
 _PAYMENT_TYPES = {"purchase", "capture"}
+# A collected payment: ``chargeback`` is money that came in and was later taken back by the card
+# network (posted as a dispute of its own), so the payment itself still stands.
+_COLLECTED = {"success", "chargeback"}
+_PREPAYMENT = "prepayment"
+_WRITE_OFF = "write_off"
+_CHARGEBACK = "chargeback"
 _NAMING_KEYS = ("id", "uuid", "account_code", "invoice_number")
 _SIGNATURE = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -587,6 +629,39 @@ def charge_status(invoice: Mapping[str, Any], what: str) -> str:
     )
 
 
+def is_prepayment(invoice: Mapping[str, Any]) -> bool:
+    """A prepaid account balance purchase: cash taken ahead of any sale, not an invoice to post."""
+    if invoice.get("origin") == _PREPAYMENT:
+        return True
+    items = invoice.get("line_items")
+    if isinstance(items, dict):
+        items = items.get("data")
+    lines = [line for line in items or [] if isinstance(line, dict)] if isinstance(items, list) else []
+    return bool(lines) and all(line.get("origin") == _PREPAYMENT for line in lines)
+
+
+def _live_credit_payments(invoice: Mapping[str, Any], hint: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The invoice's credit payments not voided, with ``hint`` (a credit payment just read) in its
+    place when the invoice does not list it yet."""
+    payments = {
+        _text(payment.get("id")) or str(index): payment
+        for index, payment in enumerate(invoice.get("credit_payments") or [])
+        if isinstance(payment, dict)
+    }
+    if hint and _text(hint.get("id")):
+        payments[_text(hint["id"])] = dict(hint)
+    return [payment for payment in payments.values() if not payment.get("voided_at")]
+
+
+def written_off(invoice: Mapping[str, Any], currency: str, what: str) -> int:
+    """What Recurly wrote off on the charge invoice: its credit payments of action ``write_off``."""
+    total = 0
+    for index, payment in enumerate(_live_credit_payments(invoice)):
+        if payment.get("action") == _WRITE_OFF:
+            total += abs(_money(payment, "amount", currency, f"{what} credit_payments[{index}]"))
+    return total
+
+
 def invoice_from_object(invoice: Mapping[str, Any]) -> InvoiceData:
     """A charge invoice (with all its line items) as canonical invoice data."""
     what = _invoice_what(invoice, "charge")
@@ -606,6 +681,15 @@ def invoice_from_object(invoice: Mapping[str, Any]) -> InvoiceData:
     total = _money(invoice, "total", currency, what)
     tax = _money(invoice, "tax", currency, what, default=0)
     balance = _money(invoice, "balance", currency, what, default=0 if status == "paid" else None)
+    write_off = written_off(invoice, currency, what)
+    if write_off and status in ("open", "paid"):
+        status = "uncollectible"  # closed by a write-off credit rather than by the customer
+    paid = total - balance - write_off
+    if paid < 0:
+        raise InvalidPayload(
+            f"{what}: its balance {invoice.get('balance')} and write-offs ({write_off} minor units) exceed its "
+            f"total {invoice.get('total')}."
+        )
     lines = []
     for index, line in enumerate(_line_items(invoice, what)):
         data = _invoice_line(line, currency, _line_what(what, index, line))
@@ -635,7 +719,7 @@ def invoice_from_object(invoice: Mapping[str, Any]) -> InvoiceData:
         subtotal_minor=total - tax,
         tax_minor=tax,
         total_minor=total,
-        amount_paid_minor=total - balance,
+        amount_paid_minor=paid,
         invoice_date=invoice_date,
         due_date=_date(invoice, "due_at", what),
         lines=tuple(lines),
@@ -645,24 +729,58 @@ def invoice_from_object(invoice: Mapping[str, Any]) -> InvoiceData:
     )
 
 
+def _is_collected_payment(txn: Mapping[str, Any]) -> bool:
+    return (
+        txn.get("type") in _PAYMENT_TYPES
+        and txn.get("status") in _COLLECTED
+        and not (txn.get("status") == "success" and txn.get("success") is False)
+    )
+
+
+def _collected_payments(invoice: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The purchases and captures that collected money on the invoice, each naming the invoice."""
+    mini = {key: invoice.get(key) for key in ("id", "object", "number", "type", "state")}
+    return [
+        {**txn, "invoice": _mini(txn, "invoice") or mini}
+        for txn in invoice.get("transactions") or []
+        if isinstance(txn, dict) and _is_collected_payment(txn)
+    ]
+
+
+def charge_invoice_commands(invoice: Mapping[str, Any]) -> list[LedgerCommand]:
+    """The invoice and the payments it carries. A prepayment invoice is not a sale: only its
+    payment is posted, as the customer's credit."""
+    commands: list[LedgerCommand] = []
+    if not is_prepayment(invoice):
+        commands.append(invoice_from_object(invoice))
+    commands.extend(payment_from_transaction(txn, invoice) for txn in _collected_payments(invoice))
+    if not commands:
+        raise IgnoredEvent(
+            f"{_invoice_what(invoice, 'charge')} is a prepayment (prepaid account balance), not a sale, and nothing "
+            "collected it yet: its payment is posted as the customer's credit once collected."
+        )
+    return commands
+
+
 # --- payments ---------------------------------------------------------------------------------------
 
 
-def payment_from_transaction(txn: Mapping[str, Any]) -> PaymentData:
-    """A successful purchase or capture, applied to the charge invoice it paid."""
+def payment_from_transaction(txn: Mapping[str, Any], invoice: Mapping[str, Any] | None = None) -> PaymentData:
+    """A collected purchase or capture, applied to the charge invoice it paid; when that invoice
+    (``invoice``, read by the caller) is a prepayment, applied to nothing: the customer's credit."""
     txn_id = _text(txn.get("id"))
     what = f"Recurly transaction {txn_id or txn.get('uuid') or '?'}"
     if not txn_id:
         raise InvalidPayload(f"{what}: 'id' is missing.")
     if txn.get("type") not in _PAYMENT_TYPES:
         raise IgnoredEvent(f"{what} is a {txn.get('type')!r} transaction; only purchases and captures are payments.")
-    if txn.get("status") != "success" or txn.get("success") is False:
+    if not _is_collected_payment(txn):
         raise IgnoredEvent(f"{what} has status {txn.get('status')!r}; only successful payments are posted.")
-    invoice = _mini(txn, "invoice")
-    if invoice.get("type") == "credit":
+    mini = _mini(txn, "invoice")
+    if mini.get("type") == "credit":
         raise IgnoredEvent(
-            f"{what} paid credit invoice {invoice.get('number') or invoice.get('id')} (a prepayment or gift "
-            "card purchase): money received in advance is not posted by this hub version."
+            f"{what} paid credit invoice {mini.get('number') or mini.get('id')}: a purchase pays charge invoices "
+            "only, so this one is not posted."
         )
     currency = _currency(txn, what)
     amount = _money(txn, "amount", currency, what)
@@ -670,8 +788,9 @@ def payment_from_transaction(txn: Mapping[str, Any]) -> PaymentData:
     if settled is None:
         raise InvalidPayload(f"{what} has no 'collected_at' or 'created_at'.")
     applications = ()
-    if _text(invoice.get("id")):
-        applications = (PaymentApplicationData(invoice_source_id=_text(invoice["id"]), amount_minor=amount),)
+    prepaid = invoice is not None and is_prepayment(invoice)
+    if _text(mini.get("id")) and not prepaid:
+        applications = (PaymentApplicationData(invoice_source_id=_text(mini["id"]), amount_minor=amount),)
     return PaymentData(
         source_id=txn_id,
         source_version=version_of(txn, what),
@@ -681,6 +800,37 @@ def payment_from_transaction(txn: Mapping[str, Any]) -> PaymentData:
         method=_text(_mini(txn, "payment_method").get("object")) or "recurly",
         settled_at=settled,
         applications=applications,
+    )
+
+
+def _is_chargeback(txn: Mapping[str, Any]) -> bool:
+    return txn.get("type") == "refund" and txn.get("origin") == _CHARGEBACK and txn.get("status") in _COLLECTED
+
+
+def dispute_from_chargeback(txn: Mapping[str, Any]) -> DisputeData:
+    """Recurly's record of a lost chargeback (a refund transaction of origin ``chargeback``) as a
+    dispute that is lost: the only state of a dispute Recurly ever reports."""
+    txn_id = _text(txn.get("id"))
+    what = f"Recurly chargeback transaction {txn_id or txn.get('uuid') or '?'}"
+    if not txn_id:
+        raise InvalidPayload(f"{what}: 'id' is missing.")
+    payment_id = _text(txn.get("original_transaction_id"))
+    if not payment_id:
+        raise InvalidPayload(f"{what}: 'original_transaction_id' (the payment charged back) is missing.")
+    currency = _currency(txn, what)
+    moment = _date(txn, "collected_at", what) or _date(txn, "created_at", what)
+    if moment is None:
+        raise InvalidPayload(f"{what} has no 'created_at'.")
+    return DisputeData(
+        source_id=txn_id,
+        source_version=version_of(txn, what),
+        payment_source_id=payment_id,
+        currency=currency,
+        amount_minor=abs(_money(txn, "amount", currency, what)),
+        status="lost",
+        opened_on=moment,
+        reason=_text(txn.get("status_message")) or _CHARGEBACK,
+        closed_on=moment,
     )
 
 
@@ -802,6 +952,92 @@ def credit_memo_from_object(
     )
 
 
+def _prepayment_invoice_id(credit_invoice: Mapping[str, Any], what: str) -> str:
+    """The prepayment charge invoice a prepayment credit invoice is the opposite of."""
+    if _text(credit_invoice.get("previous_invoice_id")):
+        return _text(credit_invoice["previous_invoice_id"])
+    credit_id = _text(credit_invoice.get("id"))
+    for line in _line_items(credit_invoice, what):
+        original = _text(line.get("original_line_item_invoice_id"))
+        if original and original != credit_id:
+            return original
+    return ""
+
+
+def prepaid_credit(
+    api: RecurlyApi, credit_invoice: Mapping[str, Any], applied_by: Mapping[str, Any] | None = None
+) -> PaymentData:
+    """A prepayment credit invoice as the payment that funded it, applied to each charge invoice
+    its credit settled so far (the ledger takes applications added later as settled from credit)."""
+    what = _invoice_what(credit_invoice, "credit")
+    charge_id = _prepayment_invoice_id(credit_invoice, what)
+    if not charge_id:
+        raise IgnoredEvent(
+            f"{what} holds prepaid credit but names no prepayment invoice (no 'previous_invoice_id' and no line "
+            "with 'original_line_item_invoice_id'): the hub cannot tell which payment funded it. Record its use "
+            "in the ERP by hand."
+        )
+    charge = api.invoice(charge_id)
+    payments = _collected_payments(charge)
+    if not payments:
+        raise IgnoredEvent(
+            f"{what} holds prepaid credit whose prepayment invoice {charge.get('number') or charge_id} is not "
+            "collected yet: the credit is posted with the payment that collects it."
+        )
+    if len(payments) > 1:
+        raise InvalidPayload(
+            f"{what}: its prepayment invoice {charge.get('number') or charge_id} was collected by "
+            f"{len(payments)} transactions; the hub posts prepaid credit funded by one payment."
+        )
+    funding = payment_from_transaction(payments[0], charge)
+    currency = funding.currency
+    applied: dict[str, int] = {}
+    credit_id = _text(credit_invoice.get("id"))
+    for index, payment in enumerate(_live_credit_payments(credit_invoice, applied_by)):
+        target = _mini(payment, "applied_to_invoice")
+        if (
+            payment.get("action") not in (None, "payment")
+            or target.get("type") not in (None, "charge")
+            or not _text(target.get("id"))
+            or _text(_mini(payment, "original_invoice").get("id")) not in ("", credit_id)
+        ):
+            continue  # a refund of the credit, or credit applied elsewhere: not a settlement of an invoice
+        amount = abs(_money(payment, "amount", currency, f"{what} credit_payments[{index}]"))
+        applied[_text(target["id"])] = applied.get(_text(target["id"]), 0) + amount
+    if sum(applied.values()) > funding.amount_minor:
+        raise InvalidPayload(
+            f"{what}: its credit payments apply {sum(applied.values())} minor units, more than the "
+            f"{funding.amount_minor} its prepayment collected."
+        )
+    applications = tuple(
+        PaymentApplicationData(invoice_source_id=invoice_id, amount_minor=amount)
+        for invoice_id, amount in sorted(applied.items())
+    )
+    return replace(funding, applications=applications)
+
+
+def credit_invoice_commands(
+    api: RecurlyApi, credit_invoice: Mapping[str, Any], applied_by: Mapping[str, Any] | None = None
+) -> list[LedgerCommand]:
+    """What a credit invoice means for the ERP: a lost chargeback, a prepaid balance, nothing (a
+    write-off, posted from the invoice it wrote off), or a credit note."""
+    what = _invoice_what(credit_invoice, "credit")
+    chargebacks = [
+        txn for txn in credit_invoice.get("transactions") or [] if isinstance(txn, dict) and _is_chargeback(txn)
+    ]
+    if chargebacks:
+        return [dispute_from_chargeback(txn) for txn in chargebacks]
+    origin = _text(credit_invoice.get("origin"))
+    if origin == _WRITE_OFF:
+        raise IgnoredEvent(
+            f"{what} is Recurly's write-off of a failed invoice's balance: the hub posts the write-off from that "
+            "charge invoice (uncollectible), so this credit is not posted as a credit note."
+        )
+    if origin == _PREPAYMENT and credit_invoice.get("type") == "credit":
+        return [prepaid_credit(api, credit_invoice, applied_by)]
+    return [credit_memo_from_object(credit_invoice, applied_by=applied_by)]
+
+
 # --- events -----------------------------------------------------------------------------------------
 
 
@@ -826,12 +1062,6 @@ def _subject(notification: Mapping[str, Any]) -> str:
     raise InvalidPayload(f"The Recurly {event_key(notification)} notification has no 'id' (nor '{field}').")
 
 
-def _credit_memo_of(
-    api: RecurlyApi, credit_invoice_id: str, applied_by: Mapping[str, Any] | None = None
-) -> CreditMemoData:
-    return credit_memo_from_object(api.invoice(credit_invoice_id), applied_by=applied_by)
-
-
 def parse_notification(notification: Mapping[str, Any], api_factory: Callable[[], RecurlyApi]) -> list[LedgerCommand]:
     """Canonical commands for one stored notification; raises ``IgnoredEvent`` for what is not posted."""
     key = event_key(notification)
@@ -841,30 +1071,38 @@ def parse_notification(notification: Mapping[str, Any], api_factory: Callable[[]
     if key in ACCOUNT_EVENTS:
         return [customer_from_account(api.account(_subject(notification)))]
     if key in CHARGE_INVOICE_EVENTS:
-        return [invoice_from_object(api.invoice(_subject(notification)))]
+        return charge_invoice_commands(api.invoice(_subject(notification)))
     if key in CREDIT_INVOICE_EVENTS:
-        return [_credit_memo_of(api, _subject(notification))]
+        return credit_invoice_commands(api, api.invoice(_subject(notification)))
     if key in PAYMENT_EVENTS:
         txn = api.transaction(_subject(notification))
         if txn.get("type") != "refund":
-            return [payment_from_transaction(txn)]
-        refunded = _mini(txn, "invoice")
-        if txn.get("status") != "success":
+            invoice = _mini(txn, "invoice")
+            # Read the invoice to tell a prepayment (the customer's credit) from a sale it pays.
+            readable = _is_collected_payment(txn) and _text(invoice.get("id")) and invoice.get("type") != "credit"
+            return [payment_from_transaction(txn, api.invoice(_text(invoice["id"])) if readable else None)]
+        if txn.get("status") not in _COLLECTED:
             raise IgnoredEvent(
                 f"Recurly refund transaction {txn.get('id')} has status {txn.get('status')!r}; "
                 "only successful refunds are posted."
             )
+        if _is_chargeback(txn):
+            return [dispute_from_chargeback(txn)]
+        refunded = _mini(txn, "invoice")
         if refunded.get("type") != "credit" or not _text(refunded.get("id")):
             raise IgnoredEvent(
                 f"Recurly refund transaction {txn.get('id')} belongs to no credit invoice: the hub records a refund "
                 "through the credit invoice it pays back (sites without Credit Invoices are not supported)."
             )
-        return [_credit_memo_of(api, _text(refunded["id"]))]
+        return credit_invoice_commands(api, api.invoice(_text(refunded["id"])))
     credit_payment = api.credit_payment(_subject(notification))
+    if credit_payment.get("action") == _WRITE_OFF and _text(_mini(credit_payment, "applied_to_invoice").get("id")):
+        # The write-off changed the charge invoice: post that invoice as it now is.
+        return charge_invoice_commands(api.invoice(_text(credit_payment["applied_to_invoice"]["id"])))
     original = _mini(credit_payment, "original_invoice")
     if not _text(original.get("id")):
         raise InvalidPayload(f"Recurly credit payment {credit_payment.get('id')} has no 'original_invoice'.")
-    return [_credit_memo_of(api, _text(original["id"]), credit_payment)]
+    return credit_invoice_commands(api, api.invoice(_text(original["id"])), credit_payment)
 
 
 class RecurlyAdapter(SourceAdapter):

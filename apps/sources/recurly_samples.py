@@ -19,6 +19,7 @@ Recurly's API does (``49.99``, never ``49.990000001``).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import json
@@ -275,6 +276,8 @@ def charge_invoice(
     closed_at: str | None = None,
     net_terms: int = 30,
     transactions: list[dict[str, Any]] | None = None,
+    collection_method: str = "automatic",
+    origin: str = "purchase",
 ) -> dict[str, Any]:
     """A charge invoice; ``paid`` defaults to the total when ``state`` is paid, else nothing."""
     created = created_at or datetime.now(UTC).replace(microsecond=0)
@@ -288,14 +291,14 @@ def charge_invoice(
         "uuid": uuid32(),
         "object": "invoice",
         "type": "charge",
-        "origin": "purchase",
+        "origin": origin,
         "state": state,
         "account": account_mini(account_obj),
         "billing_info_id": None,
         "subscription_ids": [line["subscription_id"] for line in lines if line["subscription_id"]],
         "previous_invoice_id": None,
         "number": number or str(1000 + secrets.randbelow(9000)),
-        "collection_method": "automatic",
+        "collection_method": collection_method,
         "po_number": None,
         "net_terms": net_terms,
         "net_terms_type": "net",
@@ -382,6 +385,8 @@ def transaction(
     collected_at: str | None = None,
     updated_at: str | None = None,
     original_transaction_id: str | None = None,
+    origin: str | None = None,
+    collection_method: str = "automatic",
 ) -> dict[str, Any]:
     now = timestamp()
     return {
@@ -394,7 +399,7 @@ def transaction(
         "voided_by_invoice": None,
         "subscription_ids": invoice["subscription_ids"] if invoice else [],
         "type": txn_type,
-        "origin": "api" if txn_type == "refund" else "recurring",
+        "origin": origin or ("api" if txn_type == "refund" else "recurring"),
         "currency": currency,
         "amount": Decimal(amount),
         "status": status,
@@ -406,7 +411,7 @@ def transaction(
             "first_name": account_obj["first_name"],
             "last_name": account_obj["last_name"],
         },
-        "collection_method": "automatic",
+        "collection_method": collection_method,
         "payment_method": {
             "object": payment_method,
             "card_type": "Visa" if payment_method == "credit_card" else None,
@@ -466,6 +471,143 @@ def credit_payment(
         "updated_at": now,
         "voided_at": None,
     }
+
+
+# --- what happens to invoices afterwards ---------------------------------------------------------------
+
+
+def later(moment: str, seconds: int = 5) -> str:
+    return timestamp(datetime.fromisoformat(moment.replace("Z", "+00:00")) + timedelta(seconds=seconds))
+
+
+def changed(obj: dict[str, Any], seconds: int = 5, **changes: Any) -> dict[str, Any]:
+    """``obj`` as Recurly shows it after a change ``seconds`` later (a higher ``updated_at``)."""
+    return {**copy.deepcopy(obj), **changes, "updated_at": later(obj["updated_at"], seconds)}
+
+
+def settled(
+    invoice: dict[str, Any],
+    *,
+    transactions: Sequence[dict[str, Any]] = (),
+    credit_payments: Sequence[dict[str, Any]] = (),
+    state: str | None = None,
+    seconds: int = 5,
+) -> dict[str, Any]:
+    """The charge invoice after more transactions or credit payments: its balance is the total less
+    what collected payments and live credit payments settled; ``paid`` when nothing is left."""
+    txns = [*invoice["transactions"], *transactions]
+    credits = [*invoice["credit_payments"], *credit_payments]
+    paid = sum(
+        (txn["amount"] for txn in txns if txn["type"] in ("purchase", "capture") and txn["status"] == "success"),
+        Decimal(0),
+    )
+    credited = sum((payment["amount"] for payment in credits if not payment["voided_at"]), Decimal(0))
+    balance = invoice["total"] - paid - credited
+    closed = invoice["state"] in ("failed", "voided")  # a failed invoice stays failed, written off or not
+    new_state = state or (invoice["state"] if closed or balance else "paid")
+    after = changed(
+        invoice,
+        seconds,
+        transactions=txns,
+        credit_payments=credits,
+        paid=paid,
+        balance=balance,
+        state=new_state,
+    )
+    if new_state in ("paid", "failed"):
+        after["closed_at"] = after["updated_at"]
+    return after
+
+
+def external_payment(account_obj: dict[str, Any], invoice: dict[str, Any], amount: Decimal | str) -> dict[str, Any]:
+    """A payment recorded on a manual invoice (``POST /invoices/{id}/transactions``): a check."""
+    return transaction(account_obj, invoice, amount, payment_method="check", collection_method="manual")
+
+
+def credit_lines(invoice: dict[str, Any]) -> list[dict[str, Any]]:
+    return [credit_line(line, invoice) for line in invoice["line_items"]]
+
+
+def prepayment(
+    account_obj: dict[str, Any], amount: Decimal | str
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A prepaid account balance bought for ``amount``: the charge invoice (origin ``prepayment``,
+    tax exempt) paid by a purchase, and the opposite credit invoice holding the balance."""
+    line = line_item(
+        amount, tax_rate="0", description="Prepaid account balance", plan_code=None, origin="prepayment", days=0
+    )
+    charge = charge_invoice(account_obj, [line], origin="prepayment")
+    purchase = transaction(account_obj, charge, amount)
+    charge = {**settled(charge, transactions=[purchase], seconds=0), "updated_at": charge["updated_at"]}
+    opposite = line_item(
+        -Decimal(amount),
+        tax_rate="0",
+        line_type="credit",
+        description="Prepaid account balance",
+        plan_code=None,
+        origin="prepayment",
+        days=0,
+        previous_line_item_id=line["id"],
+        original_line_item_invoice_id=charge["id"],
+    )
+    credit = credit_invoice(account_obj, [opposite], origin="prepayment", state="open")
+    return charge, purchase, credit
+
+
+def apply_credit(
+    account_obj: dict[str, Any],
+    credit: dict[str, Any],
+    charge: dict[str, Any],
+    amount: Decimal | str,
+    *,
+    action: str = "payment",
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Credit from ``credit`` applied to ``charge``: the credit payment, the credit invoice after it
+    (closed when nothing is left) and the charge invoice after it."""
+    payment = credit_payment(
+        account_obj, credit, amount, applied_to=charge, action=action, created_at=later(charge["updated_at"])
+    )
+    credits = [*credit["credit_payments"], payment]
+    balance = credit["total"] + sum((p["amount"] for p in credits if not p["voided_at"]), Decimal(0))
+    credit_after = changed(credit, credit_payments=credits, balance=balance, state="closed" if balance == 0 else "open")
+    return payment, credit_after, settled(charge, credit_payments=[payment])
+
+
+def chargeback(
+    account_obj: dict[str, Any], invoice: dict[str, Any], purchase: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A chargeback that ended lost, as Recurly's chargeback management records it: an external
+    refund credit invoice of the invoice and a refund transaction of origin ``chargeback``."""
+    credit = credit_invoice(
+        account_obj, credit_lines(invoice), origin="external_refund", previous_invoice_id=invoice["id"]
+    )
+    refund = transaction(
+        account_obj,
+        credit,
+        purchase["amount"],
+        txn_type="refund",
+        origin="chargeback",
+        original_transaction_id=purchase["id"],
+    )
+    refund["status_message"] = "Chargeback: fraudulent"
+    return {**credit, "transactions": [refund]}, refund
+
+
+def write_off(
+    account_obj: dict[str, Any], failed: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Recurly's write-off of a failed invoice's balance: a credit invoice of origin ``write_off``
+    applied to it with a credit payment of action ``write_off``."""
+    line = line_item(
+        -failed["balance"],
+        tax_rate="0",
+        line_type="credit",
+        description="Write off",
+        plan_code=None,
+        origin="write_off",
+    )
+    credit = credit_invoice(account_obj, [line], origin="write_off", state="open")
+    return apply_credit(account_obj, credit, failed, failed["balance"], action="write_off")
 
 
 def error(error_type: str, message: str, params: list[dict[str, str]] | None = None) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from apps.ledger.commands import CreditMemoData, CustomerData, InvoiceData, PaymentData
+from apps.ledger.commands import CreditMemoData, CustomerData, DisputeData, InvoiceData, PaymentData
 from apps.sources import recurly_samples as samples
 from apps.sources.base import IgnoredEvent, InvalidPayload, SignatureError
 from apps.sources.recurly import RecurlyAdapter, RecurlyApi, RecurlyApiError, RecurlyUnavailable
@@ -386,7 +386,7 @@ def test_a_successful_payment_is_applied_to_the_invoice_it_paid(adapter: Recurly
         collected_at="2025-03-02T08:00:00Z",
         updated_at="2025-03-02T08:00:01Z",
     )
-    sim.put(txn)
+    sim.put(invoice, txn)
     payment = only(parse(adapter, "payment", "succeeded", txn), PaymentData)
     assert (payment.source_id, payment.customer_source_id, payment.currency) == (txn["id"], "acme-42", "USD")
     assert (payment.amount_minor, payment.method) == (10493, "paypal_billing_agreement")
@@ -399,11 +399,12 @@ def test_a_payment_is_found_by_uuid_when_the_notification_has_no_id(
     adapter: RecurlyAdapter, sim: RecurlySimulator
 ) -> None:
     account = samples.account()
-    txn = samples.transaction(account, acme_invoice(account), "104.93")
-    sim.put(txn)
+    invoice = acme_invoice(account)
+    txn = samples.transaction(account, invoice, "104.93")
+    sim.put(invoice, txn)
     message = {**samples.notification("payment", "succeeded", txn), "id": ""}
     assert only(adapter.parse(samples.body(message)), PaymentData).source_id == txn["id"]
-    assert sim.requests == [f"/transactions/uuid-{txn['uuid']}"]
+    assert sim.requests == [f"/transactions/uuid-{txn['uuid']}", f"/invoices/{invoice['id']}"]
 
 
 def test_declined_payments_and_authorizations_are_not_posted(adapter: RecurlyAdapter, sim: RecurlySimulator) -> None:
@@ -504,9 +505,9 @@ def test_a_custom_credit_is_posted_against_the_first_invoice_it_is_applied_to(
     assert again.invoice_source_id == first["id"]
 
 
-def test_gift_card_and_prepayment_credit_is_not_a_credit_note(adapter: RecurlyAdapter, sim: RecurlySimulator) -> None:
+def test_gift_card_credit_is_not_a_credit_note(adapter: RecurlyAdapter, sim: RecurlySimulator) -> None:
     account = samples.account()
-    for origin in ("gift_card", "prepayment"):
+    for origin in ("gift_card", "carryforward_credit"):
         line = samples.line_item("-25.00", tax="0", line_type="credit", plan_code=None, origin="credit")
         credit = samples.credit_invoice(account, [line], origin=origin, state="open", number=f"CR-{origin}")
         sim.put(credit)
@@ -604,3 +605,190 @@ def test_api_amounts_are_read_as_exact_decimals(sim: RecurlySimulator) -> None:
     assert fetched["total"] == Decimal("104.93") and isinstance(fetched["total"], Decimal)
     assert json.loads(samples.api_json({"unit": Decimal("0.0015")})) == {"unit": 0.0015}
     assert b'"unit": 0.0015' in samples.api_json({"unit": Decimal("0.0015")})
+
+
+# --- payments carried by the invoice, partial payments, write-offs -----------------------------------
+
+
+def manual_invoice(account: dict[str, Any]) -> dict[str, Any]:
+    """61.50 without tax, collected by hand (external payments)."""
+    lines = [
+        samples.line_item("49.00", tax_rate="0", description="Pro plan (monthly)", plan_code="pro"),
+        samples.line_item("2.50", quantity=5, tax_rate="0", description="API calls", add_on_code="api_calls"),
+    ]
+    return samples.charge_invoice(account, lines, collection_method="manual", updated_at="2025-03-01T10:00:00Z")
+
+
+def test_an_invoice_notification_posts_the_payments_the_invoice_carries(
+    adapter: RecurlyAdapter, sim: RecurlySimulator
+) -> None:
+    account = samples.account(code="acme-42")
+    invoice = manual_invoice(account)
+    first = samples.external_payment(account, invoice, "20.00")
+    partly = samples.settled(invoice, transactions=[first])
+    sim.put(partly)
+    data, payment = parse(adapter, "charge_invoice", "updated", partly)
+    assert isinstance(data, InvoiceData) and isinstance(payment, PaymentData)
+    assert (data.status, data.total_minor, data.amount_paid_minor) == ("open", 6150, 2000)
+    assert (payment.source_id, payment.method, payment.amount_minor) == (first["id"], "check", 2000)
+    assert [(a.invoice_source_id, a.amount_minor) for a in payment.applications] == [(invoice["id"], 2000)]
+
+    declined = samples.transaction(account, invoice, "41.50", status="declined")
+    second = samples.external_payment(account, invoice, "41.50")
+    paid = samples.settled(partly, transactions=[declined, second])
+    sim.put(paid)
+    data, *payments = parse(adapter, "charge_invoice", "paid", paid)
+    assert (data.status, data.amount_paid_minor) == ("paid", 6150)
+    assert [(p.source_id, p.amount_minor) for p in payments] == [(first["id"], 2000), (second["id"], 4150)]
+
+
+def test_a_purchase_later_charged_back_is_still_a_payment(adapter: RecurlyAdapter, sim: RecurlySimulator) -> None:
+    account = samples.account()
+    invoice = acme_invoice(account, state="paid")
+    txn = {**samples.transaction(account, invoice, "104.93"), "status": "chargeback"}
+    sim.put(invoice, txn)
+    payment = only(parse(adapter, "payment", "succeeded", txn), PaymentData)
+    assert (payment.amount_minor, payment.applications[0].invoice_source_id) == (10493, invoice["id"])
+
+
+def test_a_failed_invoice_written_off_by_recurly_writes_off_only_the_unpaid_rest(
+    adapter: RecurlyAdapter, sim: RecurlySimulator
+) -> None:
+    account = samples.account()
+    invoice = manual_invoice(account)
+    partly = samples.settled(invoice, transactions=[samples.external_payment(account, invoice, "20.00")])
+    failed = samples.settled(partly, state="failed")
+    cleared, credit, written = samples.write_off(account, failed)
+    sim.put(written, credit, cleared)
+
+    data, _ = parse(adapter, "charge_invoice", "failed", written)
+    assert (data.status, data.total_minor, data.amount_paid_minor) == ("uncollectible", 6150, 2000)
+    assert data.status_date is not None
+    with pytest.raises(IgnoredEvent, match=r"write-off of a failed invoice's balance: the hub posts the write-off"):
+        parse(adapter, "credit_invoice", "created", credit)
+    # The write-off's credit payment posts the charge invoice it closed, not a credit note.
+    data, _ = parse(adapter, "credit_payment", "created", cleared)
+    assert (data.source_id, data.status, data.amount_paid_minor) == (invoice["id"], "uncollectible", 2000)
+
+
+def test_a_write_off_credit_closing_an_open_invoice_makes_it_uncollectible(
+    adapter: RecurlyAdapter, sim: RecurlySimulator
+) -> None:
+    account = samples.account()
+    invoice = manual_invoice(account)
+    _, _, written = samples.write_off(account, invoice)
+    assert written["state"] == "paid" and written["balance"] == 0  # closed by credit, not by the customer
+    sim.put(written)
+    data = only(parse(adapter, "charge_invoice", "paid", written), InvoiceData)
+    assert (data.status, data.amount_paid_minor) == ("uncollectible", 0)
+
+
+# --- prepaid account balance: the customer's credit ------------------------------------------------
+
+
+def test_a_prepayment_is_the_customers_credit_not_a_sale(adapter: RecurlyAdapter, sim: RecurlySimulator) -> None:
+    account = samples.account(code="acme-42")
+    charge, purchase, credit = samples.prepayment(account, "100.00")
+    sim.put(charge, purchase, credit)
+
+    [payment] = parse(adapter, "charge_invoice", "paid", charge)  # no invoice: only the cash
+    assert isinstance(payment, PaymentData)
+    assert (payment.source_id, payment.amount_minor, payment.applications) == (purchase["id"], 10000, ())
+    assert payment.unapplied_is_credit
+    assert only(parse(adapter, "payment", "succeeded", purchase), PaymentData) == payment
+    assert only(parse(adapter, "credit_invoice", "created", credit), PaymentData) == payment
+
+    unpaid = {**charge, "state": "pending", "transactions": [], "balance": charge["total"]}
+    sim.put(unpaid)
+    with pytest.raises(IgnoredEvent, match=r"is a prepayment .* not a sale, and nothing collected it yet"):
+        parse(adapter, "charge_invoice", "created", unpaid)
+    with pytest.raises(IgnoredEvent, match=r"prepayment invoice .* is not collected yet"):
+        parse(adapter, "credit_invoice", "created", credit)
+
+
+def test_prepaid_credit_applied_to_invoices_settles_them_from_the_same_payment(
+    adapter: RecurlyAdapter, sim: RecurlySimulator
+) -> None:
+    account = samples.account()
+    charge, purchase, credit = samples.prepayment(account, "100.00")
+    first, second = manual_invoice(account), manual_invoice(account)
+    applied_first, credit, first = samples.apply_credit(account, credit, first, "61.50")
+    sim.put(charge, credit, applied_first)
+    payment = only(parse(adapter, "credit_payment", "created", applied_first), PaymentData)
+    assert (payment.source_id, payment.amount_minor) == (purchase["id"], 10000)
+    assert [(a.invoice_source_id, a.amount_minor) for a in payment.applications] == [(first["id"], 6150)]
+
+    applied_second, credit, second = samples.apply_credit(account, credit, second, "38.50")
+    refund = samples.credit_payment(account, credit, "1.00", action="refund")  # paid back: settles no invoice
+    voided = {**samples.credit_payment(account, credit, "5.00", applied_to=second), "voided_at": samples.timestamp()}
+    credit = {**credit, "credit_payments": [*credit["credit_payments"], refund, voided]}
+    sim.put(credit, applied_second)
+    payment = only(parse(adapter, "credit_payment", "created", applied_second), PaymentData)
+    assert sorted((a.invoice_source_id, a.amount_minor) for a in payment.applications) == sorted(
+        [(first["id"], 6150), (second["id"], 3850)]
+    )
+    assert sim.requests[-2:] == [f"/invoices/{credit['id']}", f"/invoices/{charge['id']}"]
+
+
+def test_a_credit_payment_not_listed_on_its_credit_invoice_yet_still_counts(
+    adapter: RecurlyAdapter, sim: RecurlySimulator
+) -> None:
+    account = samples.account()
+    charge, _, credit = samples.prepayment(account, "100.00")
+    invoice = manual_invoice(account)
+    applied, _, _ = samples.apply_credit(account, credit, invoice, "61.50")
+    sim.put(charge, credit, applied)  # the credit invoice as read before the credit payment reached it
+    payment = only(parse(adapter, "credit_payment", "created", applied), PaymentData)
+    assert [(a.invoice_source_id, a.amount_minor) for a in payment.applications] == [(invoice["id"], 6150)]
+
+
+def test_prepaid_credit_that_names_no_prepayment_or_applies_too_much_is_refused(
+    adapter: RecurlyAdapter, sim: RecurlySimulator
+) -> None:
+    account = samples.account()
+    charge, _, credit = samples.prepayment(account, "100.00")
+    unlinked = [{**line, "original_line_item_invoice_id": None} for line in credit["line_items"]]
+    orphan = {**credit, "id": samples.uid(), "number": "CR-9", "line_items": unlinked}
+    sim.put(charge, orphan)
+    with pytest.raises(IgnoredEvent, match="Recurly credit invoice CR-9 holds prepaid credit but names no prepayment"):
+        parse(adapter, "credit_invoice", "created", orphan)
+    _, credit, _ = samples.apply_credit(account, credit, manual_invoice(account), "150.00")
+    sim.put(credit)
+    with pytest.raises(InvalidPayload, match="apply 15000 minor units, more than the 10000 its prepayment collected"):
+        parse(adapter, "credit_invoice", "updated", credit)
+
+
+# --- chargebacks, open-amount refunds ---------------------------------------------------------------
+
+
+def test_a_lost_chargeback_is_a_lost_dispute_not_a_credit_note(adapter: RecurlyAdapter, sim: RecurlySimulator) -> None:
+    account = samples.account()
+    invoice = acme_invoice(account)
+    purchase = samples.transaction(account, invoice, "104.93")
+    credit, refund = samples.chargeback(account, samples.settled(invoice, transactions=[purchase]), purchase)
+    sim.put(credit, refund)
+    dispute = only(parse(adapter, "credit_invoice", "created", credit), DisputeData)
+    assert (dispute.source_id, dispute.payment_source_id, dispute.status) == (refund["id"], purchase["id"], "lost")
+    assert (dispute.amount_minor, dispute.currency, dispute.reason) == (10493, "USD", "Chargeback: fraudulent")
+    assert dispute.opened_on == dispute.closed_on is not None
+    requests = len(sim.requests)
+    assert only(parse(adapter, "payment", "refunded", refund), DisputeData) == dispute
+    assert sim.requests[requests:] == [f"/transactions/{refund['id']}"]  # the transaction says it all
+
+    sim.put({**refund, "original_transaction_id": None})
+    with pytest.raises(InvalidPayload, match=r"'original_transaction_id' \(the payment charged back\) is missing"):
+        parse(adapter, "payment", "refunded", refund)
+
+
+def test_an_open_amount_refund_is_a_credit_note_for_the_whole_invoice(
+    adapter: RecurlyAdapter, sim: RecurlySimulator
+) -> None:
+    account = samples.account()
+    invoice = manual_invoice(account)
+    credit = samples.credit_invoice(
+        account, samples.credit_lines(invoice), origin="open_amount_refund", previous_invoice_id=invoice["id"]
+    )
+    sim.put(credit)
+    memo = only(parse(adapter, "credit_invoice", "created", credit), CreditMemoData)
+    assert (memo.invoice_source_id, memo.total_minor, memo.refunded_minor) == (invoice["id"], 6150, 0)
+    assert reconciles(memo)
