@@ -27,6 +27,36 @@ Amounts on lines: Chargebee's line ``amount`` is before discounts (and includes 
 invoice's ``price_type`` is ``tax_inclusive``). The hub's lines are net of discounts and exclusive of
 tax, and its subtotal is ``total - tax``; a document whose net lines do not add up to that is parked
 by the planner for finance rather than refused here.
+
+Customer credit (excess payments): a payment transaction's ``amount`` less what its
+``linked_invoices`` take is its ``amount_unused``, which Chargebee adds to the customer's
+``excess_payments``. The hub posts that rest as the customer's credit (unapplied cash) when the
+payment first reaches it. Chargebee applies excess payments to later invoices itself and reports
+it as ``transaction_updated`` ("when an excess payment is applied on an invoice"): the same
+transaction with one more ``linked_invoices`` entry. That entry settles the invoice from the
+credit, not with new cash. ``transaction_created`` carries payments recorded without an invoice
+(``record_excess_payment``), all of it credit.
+
+Chargebacks: Chargebee has no dispute object and no dispute events in API v2. An automated
+chargeback is recorded as a refund transaction with ``payment_method`` ``chargeback`` (set by
+Chargebee for automated chargebacks, or by whoever records the refund), whose ``refunded_txn_id``
+is the disputed payment. The hub reads it as a dispute named after that refund transaction:
+
+- recorded (``success`` or ``in_progress``) with a chargeback credit note (``reason_code``
+  ``chargeback``, in its ``linked_credit_notes`` or beside it in the event): lost. This is what
+  Chargeback Management's recommended "create credit note and record refund" books, and what
+  Chargebee calls the final action: the invoice's amount is given up to the cardholder. The hub
+  posts the withdrawal and the loss;
+- recorded without such a credit note: open, the funds are withdrawn while the dispute runs;
+- removed again (``transaction_deleted``, or ``voided``) while open: won, the funds are reinstated.
+  Chargebee only notifies the merchant of a won chargeback; removing the chargeback refund is the
+  merchant's step that reverses it in Chargebee's books.
+
+Removing a chargeback refund that was booked as lost fails the event with a reason: the hub's
+disputes move only forward (a lost dispute is never reinstated), so finance reverses the loss in
+the ERP by hand. The chargeback credit note itself is never posted as a credit note (the invoice
+stays paid and the receivable is not reduced), like the write-off credit note. A failed chargeback
+refund moved no money and is ignored.
 """
 
 from __future__ import annotations
@@ -45,6 +75,7 @@ from apps.ledger.commands import (
     CreditMemoData,
     CreditMemoLineData,
     CustomerData,
+    DisputeData,
     InvoiceData,
     InvoiceLineData,
     LedgerCommand,
@@ -65,7 +96,11 @@ CREDIT_NOTE_EVENTS = {
     "credit_note_deleted",
 }
 REFUND_EVENTS = {"payment_refunded"}
-SUPPORTED_EVENTS = CUSTOMER_EVENTS | INVOICE_EVENTS | PAYMENT_EVENTS | CREDIT_NOTE_EVENTS | REFUND_EVENTS
+# transaction_updated reports, among others, an excess payment applied to an invoice.
+TRANSACTION_EVENTS = {"transaction_created", "transaction_updated", "transaction_deleted"}
+SUPPORTED_EVENTS = (
+    CUSTOMER_EVENTS | INVOICE_EVENTS | PAYMENT_EVENTS | CREDIT_NOTE_EVENTS | REFUND_EVENTS | TRANSACTION_EVENTS
+)
 
 _OPEN_STATUSES = {"posted", "payment_due", "not_paid"}
 # The content key naming the object an event is about, where its type does not start with it.
@@ -444,6 +479,81 @@ def payment_from_transaction(obj: dict[str, Any], version: int) -> PaymentData:
     )
 
 
+# --- chargebacks -----------------------------------------------------------------------------------
+
+# A chargeback refund in these states has taken the money from the merchant.
+_WITHDRAWN_STATUSES = {"success", "in_progress"}
+
+
+def _is_chargeback_note(credit_note: dict[str, Any]) -> bool:
+    return str(credit_note.get("reason_code") or "").lower() == "chargeback"
+
+
+def _chargeback_note_of(txn: dict[str, Any], credit_note: object = None) -> str:
+    """The chargeback credit note the refund was recorded against (its id), or "" if none."""
+    for link in txn.get("linked_credit_notes") or []:
+        if isinstance(link, dict) and str(link.get("cn_reason_code") or "").lower() == "chargeback":
+            return str(link.get("cn_id") or "")
+    if isinstance(credit_note, dict) and _is_chargeback_note(credit_note):
+        refunds = [link.get("txn_id") for link in credit_note.get("linked_refunds") or [] if isinstance(link, dict)]
+        if not refunds or txn.get("id") in refunds:
+            return str(credit_note.get("id") or "")
+    return ""
+
+
+def is_chargeback(txn: dict[str, Any], credit_note: object = None) -> bool:
+    """A refund Chargebee (or a person) recorded for a chargeback rather than paid back by choice."""
+    if txn.get("type") != "refund":
+        return False
+    return txn.get("payment_method") == "chargeback" or bool(_chargeback_note_of(txn, credit_note))
+
+
+def dispute_from_chargeback(
+    txn: dict[str, Any], version: int, *, removed_at: int | None = None, credit_note: object = None
+) -> DisputeData:
+    """The chargeback a refund transaction records, as a dispute named after that transaction: lost
+    when booked against a chargeback credit note, open without one, won once removed while open."""
+    txn_id = str(txn.get("id") or "")
+    if not txn_id:
+        raise InvalidPayload("Chargebee chargeback transaction: 'id' is missing.")
+    what = f"Chargebee chargeback {txn_id}"
+    payment_id = str(txn.get("refunded_txn_id") or txn.get("reference_transaction_id") or "")
+    if not payment_id:
+        raise InvalidPayload(
+            f"{what}: 'refunded_txn_id' is missing; the hub records a chargeback against the payment it takes back."
+        )
+    status = str(txn.get("status") or "")
+    note = _chargeback_note_of(txn, credit_note)
+    opened_on = _required_date(txn, "date", what)
+    removed = removed_at is not None or txn.get("deleted") is True or status == "voided"
+    if removed and note:
+        raise InvalidPayload(
+            f"{what} on payment {payment_id} was removed in Chargebee after it was booked as lost with credit note "
+            f"{note}: the hub posted the loss and never reinstates a lost dispute. Reverse the dispute loss in the "
+            "ERP by hand (back to the account the payment came in through)."
+        )
+    if not removed and status not in _WITHDRAWN_STATUSES:
+        raise IgnoredEvent(f"{what} has status {status!r}: no money moved, there is nothing to post.")
+    if removed:
+        status_out, closed_on = "won", _date(removed_at) or _date(txn.get("voided_at")) or _date(version // 1000)
+    elif note:
+        closed_on = _date(credit_note.get("date")) if isinstance(credit_note, dict) else None
+        status_out, closed_on = "lost", closed_on or opened_on
+    else:
+        status_out, closed_on = "open", None
+    return DisputeData(
+        source_id=txn_id,
+        source_version=version,
+        payment_source_id=payment_id,
+        currency=_currency(txn, what),
+        amount_minor=_amount(txn, "amount", what),
+        status=status_out,
+        opened_on=opened_on,
+        reason=str(txn.get("fraud_reason") or "chargeback"),
+        closed_on=closed_on,
+    )
+
+
 # --- credit notes -----------------------------------------------------------------------------------
 
 
@@ -470,6 +580,11 @@ def credit_memo_from_object(obj: dict[str, Any], version: int, *, deleted: bool 
         raise IgnoredEvent(
             f"{what} records a write-off; the hub posts it as the write-off of invoice "
             f"{obj.get('reference_invoice_id')} (bad debt), not as a credit note."
+        )
+    if _is_chargeback_note(obj):
+        raise IgnoredEvent(
+            f"{what} records a chargeback on invoice {obj.get('reference_invoice_id')}; the hub posts it as the "
+            "dispute of its chargeback refund (the invoice stays paid), not as a credit note."
         )
     if not obj.get("reference_invoice_id"):
         raise InvalidPayload(
@@ -548,6 +663,9 @@ def parse_event(event: dict[str, Any]) -> list[LedgerCommand]:
         return [credit_memo_from_object(obj, version, deleted=deleted)]
     if event_type in REFUND_EVENTS:
         obj = content.get("credit_note")
+        txn = content.get("transaction")
+        if isinstance(txn, dict) and is_chargeback(txn, obj):
+            return [dispute_from_chargeback(txn, version_of(txn, event), credit_note=obj)]
         if not isinstance(obj, dict):
             txn = content.get("transaction") or {}
             raise IgnoredEvent(
@@ -555,7 +673,34 @@ def parse_event(event: dict[str, Any]) -> list[LedgerCommand]:
                 "credit note; the hub records refunds through the credit note they refund."
             )
         return [credit_memo_from_object(obj, version_of(obj, event))]
+    if event_type in TRANSACTION_EVENTS:
+        return _transaction_commands(event, event_type)
     raise IgnoredEvent(f"Chargebee event type {event_type} is not posted by this hub version.")
+
+
+def _transaction_commands(event: dict[str, Any], event_type: str) -> list[LedgerCommand]:
+    """A payment (new, or with an excess payment applied to one more invoice), or a chargeback."""
+    txn = _content_object(event, "transaction")
+    deleted = event_type == "transaction_deleted" or txn.get("deleted") is True
+    # Deleting is the last thing that happens to a transaction.
+    version = max(version_of(txn, event), version_of({}, event)) if deleted else version_of(txn, event)
+    credit_note = event["content"].get("credit_note")
+    if is_chargeback(txn, credit_note):
+        removed_at = event.get("occurred_at") if deleted else None
+        return [dispute_from_chargeback(txn, version, removed_at=removed_at or None, credit_note=credit_note)]
+    kind = str(txn.get("type") or "")
+    if kind == "payment" and deleted:
+        raise InvalidPayload(
+            f"Chargebee deleted payment {txn.get('id')} of customer {txn.get('customer_id')}; the hub does not take "
+            "back a payment it posted. If the ERP holds it, reverse it there by hand."
+        )
+    if kind == "payment":
+        return [payment_from_transaction(txn, version)]
+    raise IgnoredEvent(
+        f"Chargebee {event_type} event {event.get('id')} is about a {kind or 'untyped'} transaction, which is not "
+        "posted on its own: refunds reach the hub through the credit note they refund (payment_refunded), "
+        "authorizations move no money, and payment reversals are not posted by this hub version."
+    )
 
 
 class ChargebeeAdapter(SourceAdapter):

@@ -4,8 +4,10 @@ that add up, and the Basic credentials Chargebee sends.
 Shapes follow Chargebee's API v2 reference: the Event object and its webhook sample payloads
 (apidocs.chargebee.com/docs/api/events, .../events/webhook/payment_refunded), Customers
 (.../docs/api/customers), Invoices (.../docs/api/invoices, .../invoices/write-off-an-invoice),
-Credit notes (.../docs/api/credit_notes), Transactions (.../docs/api/transactions), and the field
-lists of Chargebee's data catalog (datacatalog.chargebee.com/invoice_line_items).
+Credit notes (.../docs/api/credit_notes), Transactions (.../docs/api/transactions: ``amount_unused``,
+``linked_invoices``, ``refunded_txn_id``, ``payment_method`` ``chargeback``), the event types'
+descriptions (``transaction_updated``: "when an excess payment is applied on an invoice"), and the
+field lists of Chargebee's data catalog (datacatalog.chargebee.com/invoice_line_items).
 """
 
 from __future__ import annotations
@@ -421,3 +423,137 @@ def payment_refunded(credit_note_obj: dict[str, Any], refund_amount: int) -> dic
         ],
     }
     return event("payment_refunded", {"transaction": refund, "credit_note": credit_note_obj})
+
+
+# --- customer credit (excess payments) --------------------------------------------------------------
+
+
+def transaction_event(event_type: str, txn: dict[str, Any], **content: Any) -> dict[str, Any]:
+    """``transaction_created``, ``transaction_updated`` or ``transaction_deleted`` for ``txn``."""
+    return event(event_type, {"transaction": txn, **content})
+
+
+def excess_applied(
+    invoice_obj: dict[str, Any], txn: dict[str, Any], amount: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Chargebee applying ``amount`` of ``txn``'s excess payment to ``invoice_obj``: the invoice and
+    the transaction as they are afterwards (``transaction_updated`` reports the transaction)."""
+    if amount > txn["amount_unused"]:
+        raise ValueError("Chargebee applies at most the transaction's unused amount")
+    paid_so_far = invoice_obj["amount_paid"] + amount
+    fully_paid = paid_so_far >= invoice_obj["total"]
+    invoice_after = changed(
+        invoice_obj,
+        amount_paid=paid_so_far,
+        amount_due=invoice_obj["total"] - paid_so_far,
+        amount_to_collect=invoice_obj["total"] - paid_so_far,
+        status="paid" if fully_paid else invoice_obj["status"],
+        paid_at=int(time.time()) if fully_paid else None,
+        linked_payments=[
+            *invoice_obj["linked_payments"],
+            {
+                "txn_id": txn["id"],
+                "applied_amount": amount,
+                "applied_at": int(time.time()),
+                "txn_status": "success",
+                "txn_date": txn["date"],
+                "txn_amount": txn["amount"],
+            },
+        ],
+    )
+    txn_after = changed(
+        txn,
+        amount_unused=txn["amount_unused"] - amount,
+        linked_invoices=[
+            *txn["linked_invoices"],
+            {
+                "invoice_id": invoice_obj["id"],
+                "applied_amount": amount,
+                "applied_at": int(time.time()),
+                "invoice_date": invoice_obj["date"],
+                "invoice_status": invoice_after["status"],
+            },
+        ],
+    )
+    return invoice_after, txn_after
+
+
+# --- chargebacks ------------------------------------------------------------------------------------
+
+
+def chargeback_refund(
+    payment_txn: dict[str, Any], amount: int | None = None, *, credit_note_id: str | None = None
+) -> dict[str, Any]:
+    """The refund transaction Chargebee records for a chargeback on ``payment_txn``; booked against
+    a chargeback credit note when ``credit_note_id`` is given."""
+    when = int(time.time())
+    refunded = payment_txn["amount"] if amount is None else amount
+    txn: dict[str, Any] = {
+        "id": uid("txn"),
+        "customer_id": payment_txn["customer_id"],
+        "payment_method": "chargeback",
+        "gateway": payment_txn.get("gateway", "stripe"),
+        "gateway_account_id": payment_txn.get("gateway_account_id", "gw_stripe_main"),
+        "id_at_gateway": uid("dp"),
+        "type": "refund",
+        "date": when,
+        "settled_at": when,
+        "exchange_rate": 1.0,
+        "currency_code": payment_txn["currency_code"],
+        "base_currency_code": payment_txn["currency_code"],
+        "amount": refunded,
+        "status": "success",
+        "refunded_txn_id": payment_txn["id"],
+        "resource_version": now_ms(),
+        "updated_at": when,
+        "deleted": False,
+        "object": "transaction",
+        "linked_credit_notes": [],
+    }
+    if credit_note_id:
+        txn["linked_credit_notes"] = [
+            {
+                "cn_id": credit_note_id,
+                "applied_amount": refunded,
+                "applied_at": when,
+                "cn_reason_code": "chargeback",
+                "cn_create_reason_code": "Chargeback",
+                "cn_date": when,
+                "cn_total": refunded,
+                "cn_status": "refunded",
+            }
+        ]
+    return txn
+
+
+def chargeback_lost(invoice_obj: dict[str, Any], payment_txn: dict[str, Any]) -> dict[str, Any]:
+    """Chargeback Management's "create credit note and record refund": a refundable credit note
+    with reason ``chargeback`` for the whole invoice, refunded to the cardholder, in one
+    ``payment_refunded`` event."""
+    note_id = f"CN-{uuid.uuid4().hex[:8].upper()}"
+    refund = chargeback_refund(payment_txn, credit_note_id=note_id)
+    note = credit_note(
+        invoice_obj,
+        [
+            credit_line(line, line["amount"] - line["discount_amount"], tax=line["tax_amount"])
+            for line in invoice_obj["line_items"]
+        ],
+        credit_note_id=note_id,
+        refunded=refund["amount"],
+        reason_code="chargeback",
+        create_reason_code="Chargeback",
+    )
+    note["linked_refunds"] = [
+        {
+            "txn_id": refund["id"],
+            "applied_amount": refund["amount"],
+            "applied_at": refund["date"],
+            "txn_status": "success",
+        }
+    ]
+    return event("payment_refunded", {"transaction": refund, "credit_note": note, "invoice": invoice_obj})
+
+
+def chargeback_removed(refund: dict[str, Any]) -> dict[str, Any]:
+    """The chargeback refund deleted in Chargebee (the merchant's step once the chargeback is won)."""
+    return transaction_event("transaction_deleted", changed(refund, deleted=True))

@@ -1,11 +1,17 @@
 import json
+import os
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.test import Client
 
-from apps.ledger.commands import CreditMemoData, CustomerData, InvoiceData, PaymentData
+from apps.ingest.models import InboxEvent, InboxStatus
+from apps.ingest.services import normalize_event
+from apps.ledger.commands import CreditMemoData, CustomerData, DisputeData, InvoiceData, PaymentData
+from apps.ledger.models import Dispute, Payment
+from apps.posting.models import Operation, Posting
 from apps.sources import chargebee_samples as cb
 from apps.sources.base import IgnoredEvent, InvalidPayload, SignatureError
 from apps.sources.chargebee import ChargebeeAdapter
@@ -17,6 +23,24 @@ ISSUED = 1_717_200_000  # 2024-06-01 00:00 UTC
 
 def body(event: dict[str, Any]) -> bytes:
     return json.dumps(event).encode()
+
+
+def _day(timestamp: int) -> date:
+    return datetime.fromtimestamp(timestamp, UTC).date()
+
+
+def receive(client: Client, event: dict[str, Any]) -> str:
+    """Delivered to the example configuration's Chargebee source and normalized in this process."""
+    response = client.post(
+        "/webhooks/chargebee-us/",
+        data=body(event),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=cb.basic_auth_header(os.environ["CHARGEBEE_WEBHOOK_CREDENTIALS"]),
+    )
+    assert response.status_code == 200, response.content
+    status = normalize_event(InboxEvent.objects.get(source="chargebee-us", event_id=event["id"]).pk)
+    assert status == InboxStatus.PROCESSED, InboxEvent.objects.get(event_id=event["id"]).error
+    return status
 
 
 def parse(event: dict[str, Any]) -> list[Any]:
@@ -277,6 +301,180 @@ def test_applications_larger_than_the_payment_are_refused() -> None:
     txn = cb.transaction("cust_acme", 100, [(invoice["id"], 6162)])
     with pytest.raises(InvalidPayload, match="more than the transaction's amount 100"):
         parse(cb.payment_succeeded(invoice, txn))
+
+
+# --- customer credit (excess payments) --------------------------------------------------------------
+
+
+def test_an_over_payment_leaves_its_unused_amount_as_customer_credit() -> None:
+    invoice = sample_invoice()
+    txn = cb.transaction("cust_acme", 10_000, [(invoice["id"], 6162)], payment_method="bank_transfer")
+    assert txn["amount_unused"] == 3838
+    _, payment = parse(cb.payment_succeeded(invoice, txn))
+    assert (payment.amount_minor, payment.unapplied_is_credit) == (10_000, True)
+    assert [(a.invoice_source_id, a.amount_minor) for a in payment.applications] == [(invoice["id"], 6162)]
+
+
+def test_an_excess_payment_applied_later_is_the_same_payment_with_one_more_application() -> None:
+    first, second = sample_invoice(), sample_invoice()
+    txn = cb.transaction("cust_acme", 10_000, [(first["id"], 6162)])
+    _, earlier = parse(cb.payment_succeeded(first, txn))
+    second_paid, txn_after = cb.excess_applied(second, txn, 3838)
+    [payment] = parse(cb.transaction_event("transaction_updated", txn_after))
+    assert isinstance(payment, PaymentData)
+    assert (payment.source_id, payment.amount_minor) == (txn["id"], 10_000)
+    assert [(a.invoice_source_id, a.amount_minor) for a in payment.applications] == [
+        (first["id"], 6162),
+        (second["id"], 3838),
+    ]
+    assert payment.source_version > earlier.source_version
+    [invoice] = parse(cb.invoice_generated(second_paid))
+    assert (invoice.status, invoice.amount_paid_minor) == ("open", 3838)
+
+
+def test_a_payment_recorded_without_an_invoice_is_all_customer_credit() -> None:
+    txn = cb.transaction("cust_acme", 5000, [], payment_method="check")
+    [payment] = parse(cb.transaction_event("transaction_created", txn))
+    assert (payment.amount_minor, payment.applications, payment.unapplied_is_credit) == (5000, (), True)
+
+
+def test_a_deleted_payment_fails_with_what_to_do_in_the_erp() -> None:
+    txn = cb.changed(cb.transaction("cust_acme", 5000, [], payment_method="cash"), deleted=True)
+    with pytest.raises(InvalidPayload, match=f"deleted payment {txn['id']}.*reverse it there by hand"):
+        parse(cb.transaction_event("transaction_deleted", txn))
+
+
+def test_a_refund_transaction_on_its_own_is_not_posted() -> None:
+    refund = dict(cb.transaction("cust_acme", 500, []), type="refund", payment_method="card")
+    with pytest.raises(IgnoredEvent, match="refunds reach the hub through the credit note"):
+        parse(cb.transaction_event("transaction_created", refund))
+
+
+def test_over_payment_then_excess_applied_plans_credit_then_a_credit_application(
+    client: Client, configured: None
+) -> None:
+    customer = cb.customer()
+    first = cb.invoice(customer["id"], [cb.line_item(6150)])
+    second = cb.invoice(customer["id"], [cb.line_item(6150)])
+    txn = cb.transaction(customer["id"], 10_000, [(first["id"], 6150)])
+    receive(client, cb.invoice_generated(first, customer))
+    receive(client, cb.payment_succeeded(first, txn))
+    assert Payment.objects.get(source_id=txn["id"]).on_account_minor == 3850
+    assert Posting.objects.filter(source_id=f"{txn['id']}:on-account", operation=Operation.RECEIVE_ON_ACCOUNT).exists()
+
+    second_paid, txn_after = cb.excess_applied(second, txn, 3850)
+    receive(client, cb.transaction_event("transaction_updated", txn_after))  # before its invoice: kept
+    receive(client, cb.invoice_generated(second_paid))
+    application = Payment.objects.get(source_id=txn["id"]).applications.get(invoice_source_id=second["id"])
+    assert (application.amount_minor, application.from_credit) == (3850, True)
+    assert Posting.objects.filter(source_id=f"{txn['id']}:{second['id']}", operation=Operation.APPLY_CREDIT).exists()
+    assert not Posting.objects.filter(source_id=f"{txn['id']}:{second['id']}", operation=Operation.APPLY_PAYMENT)
+
+
+# --- chargebacks ------------------------------------------------------------------------------------
+
+
+def paid_invoice() -> tuple[dict[str, Any], dict[str, Any]]:
+    invoice = sample_invoice()
+    return invoice, cb.transaction("cust_acme", 6162, [(invoice["id"], 6162)], date=ISSUED + 3600)
+
+
+def test_a_chargeback_booked_with_its_credit_note_is_a_lost_dispute_on_the_payment() -> None:
+    invoice, txn = paid_invoice()
+    event = cb.chargeback_lost(invoice, txn)
+    [dispute] = parse(event)
+    refund = event["content"]["transaction"]
+    assert isinstance(dispute, DisputeData)
+    assert (dispute.source_id, dispute.payment_source_id, dispute.status) == (refund["id"], txn["id"], "lost")
+    assert (dispute.amount_minor, dispute.currency, dispute.reason) == (6162, "USD", "chargeback")
+    assert dispute.opened_on == dispute.closed_on == _day(refund["date"])
+    assert verify(event, cb.basic_auth_header(SECRET)).object_id == refund["id"]
+
+
+def test_the_chargeback_refund_reported_on_its_own_is_the_same_lost_dispute() -> None:
+    invoice, txn = paid_invoice()
+    refund = cb.chargeback_lost(invoice, txn)["content"]["transaction"]
+    [dispute] = parse(cb.transaction_event("transaction_created", refund))
+    assert (dispute.source_id, dispute.status) == (refund["id"], "lost")
+
+
+def test_the_chargeback_credit_note_is_not_posted_as_a_credit_note() -> None:
+    invoice, txn = paid_invoice()
+    note = cb.chargeback_lost(invoice, txn)["content"]["credit_note"]
+    with pytest.raises(IgnoredEvent, match=r"records a chargeback.*dispute of its chargeback refund"):
+        parse(cb.credit_note_created(note))
+
+
+def test_a_chargeback_refund_without_a_credit_note_withdraws_the_funds_while_it_runs() -> None:
+    _, txn = paid_invoice()
+    refund = cb.chargeback_refund(txn, 5000)
+    [dispute] = parse(cb.transaction_event("transaction_created", refund))
+    assert (dispute.status, dispute.amount_minor, dispute.payment_source_id, dispute.closed_on) == (
+        "open",
+        5000,
+        txn["id"],
+        None,
+    )
+
+
+def test_removing_an_open_chargeback_refund_wins_the_dispute() -> None:
+    _, txn = paid_invoice()
+    refund = cb.chargeback_refund(txn)
+    [opened] = parse(cb.transaction_event("transaction_created", refund))
+    removal = cb.chargeback_removed(refund)
+    removal["occurred_at"] = ISSUED + 10 * 86400
+    [won] = parse(removal)
+    assert (won.source_id, won.status, won.closed_on) == (refund["id"], "won", date(2024, 6, 11))
+    assert won.source_version > opened.source_version
+
+
+def test_a_voided_chargeback_refund_is_won_too() -> None:
+    _, txn = paid_invoice()
+    voided = cb.changed(cb.chargeback_refund(txn), status="voided", voided_at=ISSUED + 86400)
+    [won] = parse(cb.transaction_event("transaction_updated", voided))
+    assert (won.status, won.closed_on) == ("won", date(2024, 6, 2))
+
+
+def test_removing_a_chargeback_booked_as_lost_fails_with_what_finance_does() -> None:
+    invoice, txn = paid_invoice()
+    refund = cb.chargeback_lost(invoice, txn)["content"]["transaction"]
+    with pytest.raises(
+        InvalidPayload, match=r"booked as lost with credit note CN-.*Reverse the dispute loss in the ERP"
+    ):
+        parse(cb.chargeback_removed(refund))
+
+
+def test_a_failed_chargeback_refund_moved_no_money() -> None:
+    _, txn = paid_invoice()
+    failed = cb.changed(cb.chargeback_refund(txn), status="failure")
+    with pytest.raises(IgnoredEvent, match="no money moved"):
+        parse(cb.transaction_event("transaction_updated", failed))
+
+
+def test_a_chargeback_that_names_no_payment_is_refused_naming_the_field() -> None:
+    _, txn = paid_invoice()
+    refund = cb.chargeback_refund(txn)
+    del refund["refunded_txn_id"]
+    with pytest.raises(InvalidPayload, match="'refunded_txn_id' is missing"):
+        parse(cb.transaction_event("transaction_created", refund))
+
+
+def test_a_chargeback_opened_then_won_reaches_the_ledger_and_plans_both_movements(
+    client: Client, configured: None
+) -> None:
+    customer = cb.customer()
+    invoice = cb.invoice(customer["id"], [cb.line_item(6150)])
+    txn = cb.transaction(customer["id"], 6150, [(invoice["id"], 6150)])
+    receive(client, cb.invoice_generated(invoice, customer))
+    receive(client, cb.payment_succeeded(invoice, txn))
+    refund = cb.chargeback_refund(txn)
+    receive(client, cb.transaction_event("transaction_created", refund))
+    receive(client, cb.chargeback_removed(refund))
+    dispute = Dispute.objects.get(source_id=refund["id"])
+    assert (dispute.status, dispute.payment.source_id, dispute.amount_minor) == ("won", txn["id"], 6150)
+    assert sorted(Posting.objects.filter(dispute=dispute).values_list("operation", flat=True)) == sorted(
+        [Operation.WITHDRAW_DISPUTED_FUNDS, Operation.REINSTATE_DISPUTED_FUNDS]
+    )
 
 
 # --- credit notes -----------------------------------------------------------------------------------
