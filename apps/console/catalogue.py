@@ -14,6 +14,7 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
+from apps.connectors.documents import DIMENSIONS
 from apps.core.money import to_decimal
 from apps.posting.models import ErrorCategory, Operation, Posting
 
@@ -298,6 +299,28 @@ CATALOGUE: dict[str, Entry] = {
         "technical detail, then retry.",
     ),
 }
+
+# The mappings an ERP may require beyond accounts (items, currency ids, accounting dimensions):
+# one entry each, worded alike.
+for _kind, _word in [
+    ("item", "item"),
+    ("currency", "currency"),
+    *[(_name, f"{_name.replace('_', ' ')} dimension") for _name in DIMENSIONS],
+]:
+    CATALOGUE.setdefault(
+        f"missing_{_kind}_mapping",
+        Entry(
+            B,
+            MISSING_MAPPING,
+            "{document} for {customer} cannot be posted to {erp}: no "
+            + _word
+            + " is mapped for {item}. Add a "
+            + _word
+            + " mapping (for {keys}) and it is posted.",
+            FIX_MAPPING,
+            _kind,
+        ),
+    )
 
 _PERIOD_WORDS = ("period", "fiscal year", "fiscalyear")
 

@@ -23,6 +23,8 @@ from apps.routing.models import ERPConnection, Mapping, RoutingRule
 from apps.sources.models import BillingSource
 
 ACTOR = "hub_config"
+ROUTING_KEYS = {"name", "legal_entity", "region", "product_line", "transaction_type", "currency", "connection", "also"}
+TRANSACTION_TYPES = {kind for kind, _ in RoutingRule.TRANSACTION_TYPES}
 SOURCE_KINDS = {kind for kind, _ in BillingSource.KIND_CHOICES}
 MAPPING_KINDS = {kind for kind, _ in Mapping.KIND_CHOICES}
 
@@ -125,9 +127,15 @@ def validate(doc: object) -> list[str]:
             )
     for i, rule in enumerate(_list(doc, "routing", problems)):
         path = f"routing[{i}]"
-        entity = _require(rule, "legal_entity", path, problems)
+        unknown_keys = set(rule) - ROUTING_KEYS
+        if unknown_keys:
+            problems.append(f"{path}: unknown keys {sorted(unknown_keys)}; a rule takes {sorted(ROUTING_KEYS)}")
+        entity = rule.get("legal_entity")
         if entity and entity != "*" and entity not in known_entities:
             problems.append(f"{path}.legal_entity: '{entity}' is not declared in legal_entities")
+        kind = rule.get("transaction_type")
+        if kind and kind not in TRANSACTION_TYPES:
+            problems.append(f"{path}.transaction_type: '{kind}' is not one of {sorted(TRANSACTION_TYPES)}")
         conn = _require(rule, "connection", path, problems)
         if conn and conn not in known_connections:
             problems.append(f"{path}.connection: '{conn}' is not declared in erp_connections")
@@ -162,6 +170,12 @@ def load(path: Path) -> dict[str, Any]:
     if problems:
         raise ConfigError(problems)
     return doc  # type: ignore[no-any-return]
+
+
+def _rule_words(rule: dict[str, Any]) -> str:
+    keys = ("legal_entity", "region", "product_line", "transaction_type", "currency")
+    words = ", ".join(f"{key} {rule[key]}" for key in keys if rule.get(key) and rule[key] != "*")
+    return words or "*"
 
 
 def _upsert(model: type, lookup: dict[str, Any], values: dict[str, Any], label: str, report: Report) -> Any:
@@ -241,13 +255,22 @@ def apply(doc: dict[str, Any]) -> Report:
             )
         wanted_rules = set()
         for priority, rule in enumerate(doc.get("routing") or [], start=1):
-            entity = None if rule["legal_entity"] == "*" else LegalEntity.objects.get(code=rule["legal_entity"])
+            code = rule.get("legal_entity") or "*"
+            entity = None if code == "*" else LegalEntity.objects.get(code=code)
             connection = connections.get(rule["connection"]) or ERPConnection.objects.get(name=rule["connection"])
+            conditions = {
+                "legal_entity": entity,
+                "region": ",".join(sorted(c.strip().upper() for c in str(rule.get("region") or "").split(",") if c)),
+                "product_line": str(rule.get("product_line") or ""),
+                "transaction_type": str(rule.get("transaction_type") or ""),
+                "currency": str(rule.get("currency") or "").upper(),
+                "connection": connection,
+            }
             obj = _upsert(
                 RoutingRule,
-                {"legal_entity": entity, "connection": connection},
-                {"priority": priority * 10},
-                f"route {rule['legal_entity']} → {rule['connection']}",
+                conditions,
+                {"priority": priority * 10, "also": bool(rule.get("also", False)), "name": str(rule.get("name") or "")},
+                f"route {_rule_words(rule)} → {rule['connection']}",
                 report,
             )
             wanted_rules.add(obj.pk)

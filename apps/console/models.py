@@ -40,9 +40,10 @@ class ExceptionCase(models.Model):
 
     ROOT_INVOICE = "invoice"
     ROOT_CUSTOMER = "customer"
-    ROOT_CHOICES = [(ROOT_INVOICE, "Invoice"), (ROOT_CUSTOMER, "Customer")]
+    ROOT_EVENT = "event"  # a billing event no routing rule takes: no connection yet
+    ROOT_CHOICES = [(ROOT_INVOICE, "Invoice"), (ROOT_CUSTOMER, "Customer"), (ROOT_EVENT, "Billing event")]
 
-    connection = models.ForeignKey(ERPConnection, on_delete=models.PROTECT, related_name="cases")
+    connection = models.ForeignKey(ERPConnection, null=True, blank=True, on_delete=models.PROTECT, related_name="cases")
     root_kind = models.CharField(max_length=16, choices=ROOT_CHOICES)
     source = models.CharField(max_length=64)
     source_id = models.CharField(max_length=512)

@@ -37,7 +37,8 @@ def case_opened(case_id: int) -> int:
     if not to:
         log.info("no recipient for a new case", extra={"case": case.pk, "group": case.owner_group})
         return 0
-    subject = f"[integration hub] {case.kind}: {case.source_id} on {case.connection.name}"
+    erp = case.connection.name if case.connection else "no ERP"
+    subject = f"[integration hub] {case.kind}: {case.source_id} on {erp}"
     body = f"{case.message}\n\nOpen the case: {case_url(case)}\nCorrelation id: {case.correlation_id}\n"
     try:
         return send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, to)

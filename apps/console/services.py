@@ -20,8 +20,9 @@ from apps.ingest import services as ingest
 from apps.ingest.models import InboxEvent
 from apps.ledger.models import Customer, Invoice, PaymentApplication
 from apps.posting import services as posting_services
-from apps.posting.models import EXCEPTION_STATES, Posting
+from apps.posting.models import EXCEPTION_STATES, ErrorCategory, Posting, PostingState
 from apps.routing.models import Mapping
+from apps.sources.models import BillingSource
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,10 @@ def replay_case(case_id: int, *, actor: str, reason: str = "replay from the cons
         ids = {case.source_id}
         if case.invoice_id:
             ids.add(case.invoice.customer.source_id)  # type: ignore[union-attr]
-        events = list(InboxEvent.objects.filter(source=case.source, object_id__in=ids).order_by("received_at"))
+        found = Q(object_id__in=ids)
+        if case.root_kind == ExceptionCase.ROOT_EVENT:
+            found |= Q(event_id=case.source_id)
+        events = list(InboxEvent.objects.filter(found, source=case.source).order_by("received_at"))
         for event in events:
             ingest.replay_event(event.pk, actor=actor, reason=reason)
         audit.record("case.replayed", case, actor=actor, reason=reason, after={"inbox_events": [e.pk for e in events]})
@@ -281,3 +285,95 @@ def suggested_mapping(case: ExceptionCase) -> dict[str, str]:
         "value", flat=True
     )
     return {"kind": kind, "key": key, "value": current_value.first() or ""}
+
+
+ROUTING_CASE_KIND = "No ERP route"
+
+
+def _event_case(event: InboxEvent) -> ExceptionCase | None:
+    return (
+        ExceptionCase.objects.select_for_update()
+        .filter(
+            connection__isnull=True,
+            root_kind=ExceptionCase.ROOT_EVENT,
+            source=event.source,
+            source_id=event.object_id or event.event_id,
+            status=CaseStatus.OPEN,
+        )
+        .first()
+    )
+
+
+def open_routing_case(event: InboxEvent, message: str) -> ExceptionCase:
+    """A billing event whose document no routing rule takes: one case per document, without a
+    connection, replayed by itself once a routing rule is saved."""
+    values = {
+        "category": ErrorCategory.TECHNICAL,
+        "kind": ROUTING_CASE_KIND,
+        "code": "no_route",
+        "message": message,
+        "technical_detail": f"Inbox event {event.pk} ({event.event_type}, {event.event_id}) failed: {message}",
+        "owner_group": catalogue.ENGINEERS,
+        "last_failure_at": timezone.now(),
+    }
+    case = _event_case(event)
+    if case is not None:
+        for field, value in values.items():
+            setattr(case, field, value)
+        case.save()
+        return case
+    source = BillingSource.objects.select_related("legal_entity").filter(name=event.source).first()
+    case = ExceptionCase.objects.create(
+        connection=None,
+        root_kind=ExceptionCase.ROOT_EVENT,
+        source=event.source,
+        source_id=event.object_id or event.event_id,
+        legal_entity=source.legal_entity if source else None,
+        correlation_id=event.correlation_id,
+        **values,
+    )
+    audit.record("case.opened", case, after={"code": case.code, "kind": case.kind, "inbox_event": event.pk})
+    from apps.console import notifications
+
+    transaction.on_commit(lambda: notifications.case_opened(case.pk))
+    return case
+
+
+def resolve_event_case(event: InboxEvent, actor: str = audit.SYSTEM) -> ExceptionCase | None:
+    case = _event_case(event)
+    if case is None:
+        return None
+    case.status = CaseStatus.RESOLVED
+    case.resolved_at = timezone.now()
+    case.resolved_by = actor
+    case.resolution = "routed and normalized"
+    case.save(update_fields=["status", "resolved_at", "resolved_by", "resolution"])
+    audit.record("case.resolved", case, actor=actor, after={"resolution": case.resolution, "inbox_event": event.pk})
+    return case
+
+
+def replay_unrouted(reason: str) -> int:
+    """After a routing rule changed: replay every event still waiting for a route."""
+    replayed = 0
+    for case_id in ExceptionCase.objects.filter(
+        status=CaseStatus.OPEN, root_kind=ExceptionCase.ROOT_EVENT, code="no_route"
+    ).values_list("pk", flat=True):
+        replayed += replay_case(case_id, actor=audit.SYSTEM, reason=reason)
+    return replayed
+
+
+def repost_missing_mapping(mapping: Mapping, reason: str) -> int:
+    """After a mapping was added: retry the postings parked for want of it on its connection."""
+    if not mapping.value:
+        return 0
+    parked = Posting.objects.filter(
+        connection_id=mapping.connection_id, state=PostingState.PARKED, error_code=f"missing_{mapping.kind}_mapping"
+    ).values_list("pk", flat=True)
+    count = 0
+    for posting_id in parked:
+        try:
+            posting_services.retry_posting(posting_id, actor=audit.SYSTEM, reason=reason)
+            count += 1
+        except ActionRefused:
+            continue  # settled meanwhile
+    return count

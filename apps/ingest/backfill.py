@@ -29,7 +29,8 @@ from apps.ingest import services
 from apps.ingest.models import InboxEvent
 from apps.posting import services as posting_services
 from apps.posting.models import Operation, Posting, PostingState
-from apps.routing.services import route
+from apps.routing.models import RoutingRule
+from apps.routing.services import RouteFacts, routes
 from apps.sources.base import BackfillItem
 from apps.sources.models import BillingSource
 from apps.sources.registry import adapter_for
@@ -62,7 +63,11 @@ def backfill(
 ) -> list[BackfillLine]:
     adapter = adapter_for(source.kind).bind(secrets.resolve(source.api_settings or {}))
     items = list(adapter.open_invoices(since, until))
-    connection = route(source.legal_entity)
+    # The ERP an invoice of this source goes to by the rules (the first, where rules fan out): the
+    # one an earlier integration would have posted it to.
+    entity = source.legal_entity
+    facts = RouteFacts(RoutingRule.TYPE_INVOICE, entity, entity.country if entity else "", document="backfill")
+    connection = routes(facts).connections[0]
     connector = get_connector(connection.kind, connection.resolved_settings())
     lines = []
     for item in progress(items, len(items)):

@@ -32,6 +32,7 @@ class InboxEvent(models.Model):
     processed_at = models.DateTimeField(null=True, blank=True)
     enqueued_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
+    error_code = models.CharField(max_length=64, blank=True, help_text="Why normalizing failed, as a code.")
 
     class Meta:
         ordering = ["-received_at", "-id"]

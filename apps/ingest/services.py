@@ -16,6 +16,7 @@ from django.utils import timezone
 from apps.core import audit, secrets
 from apps.core.broker import resend_patience
 from apps.core.correlation import correlation_scope, get_correlation_id
+from apps.ingest import signals
 from apps.ingest.models import InboxEvent, InboxStatus
 from apps.ledger import services as ledger
 from apps.ledger.commands import (
@@ -150,7 +151,10 @@ def normalize_event(inbox_event_id: int) -> str:
                         _apply(source, command, event.correlation_id)
             except IgnoredEvent as exc:
                 return _finish(event, InboxStatus.IGNORED, str(exc))
-            except (InvalidPayload, NoRoute, ledger.UnsupportedChange) as exc:
+            except NoRoute as exc:
+                log.warning("no route for the event", extra={"inbox_event_id": event.pk, "reason": str(exc)})
+                return _finish(event, InboxStatus.FAILED, str(exc), code=NoRoute.code)
+            except (InvalidPayload, ledger.UnsupportedChange) as exc:
                 log.warning("event could not be normalized", extra={"inbox_event_id": event.pk, "reason": str(exc)})
                 return _finish(event, InboxStatus.FAILED, str(exc))
             return _finish(event, InboxStatus.PROCESSED, "")
@@ -164,13 +168,17 @@ def _bound_adapter(source: BillingSource) -> SourceAdapter:
     return adapter_for(source.kind).bind(api_settings)
 
 
-def _finish(event: InboxEvent, status: str, error: str) -> str:
+def _finish(event: InboxEvent, status: str, error: str, *, code: str = "") -> str:
     event.status = status
     event.error = error
+    event.error_code = code or ("invalid" if status == InboxStatus.FAILED else "")
     event.processed_at = timezone.now()
-    event.save(update_fields=["status", "error", "processed_at"])
+    event.save(update_fields=["status", "error", "error_code", "processed_at"])
     if status == InboxStatus.FAILED:
         audit.record("inbox.failed", event, reason=error)
+        signals.event_failed.send(sender=InboxEvent, event=event, code=event.error_code, message=error)
+    elif status == InboxStatus.PROCESSED:
+        signals.event_processed.send(sender=InboxEvent, event=event)
     return status
 
 

@@ -13,7 +13,7 @@ from django.db import models
 from django.utils import timezone
 
 from apps.ledger.models import CreditMemo, Customer, Dispute, Invoice, Payment, PaymentApplication
-from apps.routing.models import ERPConnection
+from apps.routing.models import ERPConnection, RoutingVersion
 
 
 def idempotency_key(connection: str, operation: str, source: str, source_id: str, revision: int) -> str:
@@ -62,6 +62,14 @@ class ErrorCategory(models.TextChoices):
 class Posting(models.Model):
     idempotency_key = models.CharField(max_length=64, unique=True)
     connection = models.ForeignKey(ERPConnection, on_delete=models.PROTECT, related_name="postings")
+    routing_version = models.ForeignKey(
+        RoutingVersion,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The version of the routing rules that sent this document to its connection.",
+    )
     operation = models.CharField(max_length=32, choices=Operation.choices)
     source = models.CharField(max_length=64)
     source_id = models.CharField(max_length=512, help_text="The billing document this posting carries.")

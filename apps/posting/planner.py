@@ -13,11 +13,53 @@ from apps.core import audit
 from apps.ledger.models import CreditMemo, Customer, Dispute, Invoice, Payment, PaymentApplication
 from apps.posting import dispatch, signals
 from apps.posting.models import ErrorCategory, Operation, Posting, PostingState, idempotency_key
-from apps.routing.models import ERPConnection
-from apps.routing.services import route
+from apps.routing.models import ERPConnection, RoutingRule, RoutingVersion
+from apps.routing.services import Route, RouteFacts, routes
 from apps.sources.models import BillingSource
 
 log = logging.getLogger(__name__)
+
+
+def _region(customer: Customer | None, legal_entity: object) -> str:
+    country = str((customer.bill_to or {}).get("country") or "") if customer is not None else ""
+    return (country or getattr(legal_entity, "country", "") or "").upper()
+
+
+def invoice_facts(invoice: Invoice) -> RouteFacts:
+    """An invoice's product line is that of its largest line with a product."""
+    lines = sorted(
+        (line for line in invoice.lines.select_related("product") if line.product is not None),
+        key=lambda line: -abs(line.amount_minor),
+    )
+    return RouteFacts(
+        transaction_type=RoutingRule.TYPE_INVOICE,
+        legal_entity=invoice.legal_entity,
+        region=_region(invoice.customer, invoice.legal_entity),
+        product_line=next((line.product.product_line for line in lines if line.product.product_line), ""),
+        currency=invoice.currency,
+        document=f"invoice {invoice.number or invoice.source_id}",
+    )
+
+
+def invoice_route(invoice: Invoice) -> Route:
+    """Where the invoice and everything that follows it (payments, credit notes, refunds, write-off,
+    void, amendments) go: the ERPs its first version was planned to, so a later rule change never
+    splits a document's story across ERPs; else the rules as they stand."""
+    planned = (
+        Posting.objects.filter(invoice=invoice, operation=Operation.POST_INVOICE)
+        .exclude(state=PostingState.SKIPPED)
+        .order_by("connection_id")
+        .values_list("connection_id", "routing_version_id")
+        .distinct()
+    )
+    if planned:
+        connection_ids = [connection_id for connection_id, _ in planned]
+        version_id = next((version for _, version in planned if version), None)
+        return Route(
+            connections=tuple(ERPConnection.objects.filter(pk__in=connection_ids).order_by("pk")),
+            version=RoutingVersion.objects.filter(pk=version_id).first() if version_id else None,
+        )
+    return routes(invoice_facts(invoice))
 
 
 def _plan(
@@ -30,10 +72,12 @@ def _plan(
     depends_on_key: str = "",
     correlation_id: str = "",
     park: tuple[str, str, str] | None = None,
+    routing_version: RoutingVersion | None = None,
     **document: object,
 ) -> Posting:
     key = idempotency_key(connection.name, operation, source, source_id, revision)
     defaults: dict[str, object] = {
+        "routing_version": routing_version,
         "connection": connection,
         "operation": operation,
         "source": source,
@@ -81,8 +125,9 @@ def _release_if_parent_posted(parent_key: str) -> None:
             release_waiting(parent_key)
 
 
-def plan_customer(customer: Customer, connection: ERPConnection) -> Posting:
+def plan_customer(customer: Customer, connection: ERPConnection, version: RoutingVersion | None = None) -> Posting:
     return _plan(
+        routing_version=version,
         connection=connection,
         operation=Operation.ENSURE_CUSTOMER,
         source=customer.source,
@@ -134,7 +179,9 @@ def invoice_posting_key(invoice: Invoice, connection: ERPConnection) -> str:
     )
 
 
-def _plan_invoice_version(invoice: Invoice, connection: ERPConnection, customer_posting: Posting) -> list[Posting]:
+def _plan_invoice_version(
+    invoice: Invoice, connection: ERPConnection, customer_posting: Posting, version: RoutingVersion | None
+) -> list[Posting]:
     """The invoice's current version. An amended invoice (a new revision after an earlier one was
     planned) replaces the earlier version: that one is voided in the ERP first (the connector's
     own rule for posted documents), then the new version is posted under its own reference. An
@@ -148,6 +195,7 @@ def _plan_invoice_version(invoice: Invoice, connection: ERPConnection, customer_
         invoice,
         "invoice",
         moot_reason=f"Superseded by revision {invoice.revision} of the invoice in billing, which is posted instead.",
+        connections=[connection],
         invoice=invoice,
     )
     depends_on = planned[0].idempotency_key if planned else customer_posting.idempotency_key
@@ -161,6 +209,7 @@ def _plan_invoice_version(invoice: Invoice, connection: ERPConnection, customer_
             depends_on_key=depends_on,
             correlation_id=invoice.correlation_id,
             park=_invoice_problem(invoice),
+            routing_version=version,
             invoice=invoice,
         )
     )
@@ -168,30 +217,38 @@ def _plan_invoice_version(invoice: Invoice, connection: ERPConnection, customer_
 
 
 def plan_invoice(invoice: Invoice) -> list[Posting]:
-    """Raises ``NoRoute`` when no connection takes the invoice's legal entity."""
+    """Plans the invoice in every ERP its route names. Raises ``NoRoute`` when no rule takes it."""
     if invoice.status == Invoice.STATUS_VOID:
         return plan_void(invoice)
-    connection = route(invoice.legal_entity)
+    route = invoice_route(invoice)
+    planned: list[Posting] = []
     with transaction.atomic(savepoint=False):
-        customer_posting = plan_customer(invoice.customer, connection)
-        planned = [customer_posting, *_plan_invoice_version(invoice, connection, customer_posting)]
-        for application in invoice.payments.select_related("payment"):
-            planned.append(_plan_application(application, invoice, connection))
-        for memo in invoice.credit_memos.filter(status=CreditMemo.STATUS_ISSUED):
-            planned.extend(_plan_credit_memo(memo, invoice, connection))
-        if invoice.status == Invoice.STATUS_UNCOLLECTIBLE and invoice.total_minor > invoice.amount_paid_minor:
-            planned.append(
-                _plan(
-                    connection=connection,
-                    operation=Operation.WRITE_OFF,
-                    source=invoice.source,
-                    source_id=f"{invoice.source_id}{WRITE_OFF_SUFFIX}",
-                    revision=1,
-                    depends_on_key=invoice_posting_key(invoice, connection),
-                    correlation_id=invoice.correlation_id,
-                    invoice=invoice,
-                )
+        for connection in route.connections:
+            planned.extend(_plan_invoice_in(invoice, connection, route.version))
+    return planned
+
+
+def _plan_invoice_in(invoice: Invoice, connection: ERPConnection, version: RoutingVersion | None) -> list[Posting]:
+    customer_posting = plan_customer(invoice.customer, connection, version)
+    planned = [customer_posting, *_plan_invoice_version(invoice, connection, customer_posting, version)]
+    for application in invoice.payments.select_related("payment"):
+        planned.append(_plan_application(application, invoice, connection, version))
+    for memo in invoice.credit_memos.filter(status=CreditMemo.STATUS_ISSUED):
+        planned.extend(_plan_credit_memo(memo, invoice, connection, version))
+    if invoice.status == Invoice.STATUS_UNCOLLECTIBLE and invoice.total_minor > invoice.amount_paid_minor:
+        planned.append(
+            _plan(
+                routing_version=version,
+                connection=connection,
+                operation=Operation.WRITE_OFF,
+                source=invoice.source,
+                source_id=f"{invoice.source_id}{WRITE_OFF_SUFFIX}",
+                revision=1,
+                depends_on_key=invoice_posting_key(invoice, connection),
+                correlation_id=invoice.correlation_id,
+                invoice=invoice,
             )
+        )
     return planned
 
 
@@ -209,6 +266,7 @@ def _plan_voids(
     word: str,
     *,
     moot_reason: str = "",
+    connections: list[ERPConnection] | None = None,
     **document: object,
 ) -> list[Posting]:
     """Void the latest version of the document in each ERP that has it; one that never reached an
@@ -218,9 +276,10 @@ def _plan_voids(
     planned = []
     with transaction.atomic(savepoint=False):
         postings = document_postings.exclude(state=PostingState.SKIPPED)
-        for connection in ERPConnection.objects.filter(pk__in=postings.values("connection_id")):
+        for connection in connections or ERPConnection.objects.filter(pk__in=postings.values("connection_id")):
             latest = postings.filter(connection=connection).order_by("-revision").first()
-            assert latest is not None
+            if latest is None:
+                continue
             if latest.state in (PostingState.PARKED, PostingState.DEAD):
                 skip_posting(
                     latest.pk,
@@ -231,6 +290,7 @@ def _plan_voids(
                 continue
             planned.append(
                 _plan(
+                    routing_version=latest.routing_version,
                     connection=connection,
                     operation=operation,
                     source=record.source,
@@ -244,9 +304,12 @@ def _plan_voids(
     return planned
 
 
-def _plan_application(application: PaymentApplication, invoice: Invoice, connection: ERPConnection) -> Posting:
+def _plan_application(
+    application: PaymentApplication, invoice: Invoice, connection: ERPConnection, version: RoutingVersion | None
+) -> Posting:
     payment = application.payment
     return _plan(
+        routing_version=version,
         connection=connection,
         operation=Operation.APPLY_CREDIT if application.from_credit else Operation.APPLY_PAYMENT,
         source=payment.source,
@@ -266,20 +329,32 @@ def _plan_on_account(payment: Payment) -> list[Posting]:
     if customer is None:
         log.info("unapplied cash waits for its customer", extra={"payment": payment.source_id})
         return []
-    connection = route(customer.legal_entity)
-    parent = plan_customer(customer, connection)
-    return [
-        _plan(
-            connection=connection,
-            operation=Operation.RECEIVE_ON_ACCOUNT,
-            source=payment.source,
-            source_id=f"{payment.source_id}{ON_ACCOUNT_SUFFIX}",
-            revision=1,
-            depends_on_key=parent.idempotency_key,
-            correlation_id=payment.correlation_id,
-            payment=payment,
+    route = routes(
+        RouteFacts(
+            transaction_type=RoutingRule.TYPE_PAYMENT,
+            legal_entity=customer.legal_entity,
+            region=_region(customer, customer.legal_entity),
+            currency=payment.currency,
+            document=f"unapplied payment {payment.source_id}",
         )
-    ]
+    )
+    planned = []
+    for connection in route.connections:
+        parent = plan_customer(customer, connection, route.version)
+        planned.append(
+            _plan(
+                routing_version=route.version,
+                connection=connection,
+                operation=Operation.RECEIVE_ON_ACCOUNT,
+                source=payment.source,
+                source_id=f"{payment.source_id}{ON_ACCOUNT_SUFFIX}",
+                revision=1,
+                depends_on_key=parent.idempotency_key,
+                correlation_id=payment.correlation_id,
+                payment=payment,
+            )
+        )
+    return planned
 
 
 def plan_payment(payment: Payment) -> list[Posting]:
@@ -297,8 +372,9 @@ def plan_payment(payment: Payment) -> list[Posting]:
                     extra={"payment": payment.source_id, "invoice": application.invoice_source_id},
                 )
                 continue
-            connection = route(application.invoice.legal_entity)
-            planned.append(_plan_application(application, application.invoice, connection))
+            route = invoice_route(application.invoice)
+            for connection in route.connections:
+                planned.append(_plan_application(application, application.invoice, connection, route.version))
     return planned
 
 
@@ -315,9 +391,12 @@ def _credit_memo_problem(memo: CreditMemo) -> tuple[str, str, str] | None:
     )
 
 
-def _plan_credit_memo(memo: CreditMemo, invoice: Invoice, connection: ERPConnection) -> list[Posting]:
+def _plan_credit_memo(
+    memo: CreditMemo, invoice: Invoice, connection: ERPConnection, version: RoutingVersion | None
+) -> list[Posting]:
     """The credit note after its invoice, and the refund paid on it (if any) after the note."""
     credit = _plan(
+        routing_version=version,
         connection=connection,
         operation=Operation.POST_CREDIT_MEMO,
         source=memo.source,
@@ -332,6 +411,7 @@ def _plan_credit_memo(memo: CreditMemo, invoice: Invoice, connection: ERPConnect
     if memo.refunded_minor <= 0:
         return [credit]
     refund = _plan(
+        routing_version=version,
         connection=connection,
         operation=Operation.REFUND_CREDIT_MEMO,
         source=memo.source,
@@ -356,14 +436,24 @@ def plan_credit_memo(memo: CreditMemo) -> list[Posting]:
         )
     if memo.invoice is None:
         return []
+    route = invoice_route(memo.invoice)
     with transaction.atomic(savepoint=False):
-        return _plan_credit_memo(memo, memo.invoice, route(memo.invoice.legal_entity))
+        return [
+            posting
+            for connection in route.connections
+            for posting in _plan_credit_memo(memo, memo.invoice, connection, route.version)
+        ]
 
 
 def _plan_dispute_movement(
-    dispute: Dispute, connection: ERPConnection, operation: str, depends_on_key: str = ""
+    dispute: Dispute,
+    connection: ERPConnection,
+    operation: str,
+    version: RoutingVersion | None,
+    depends_on_key: str = "",
 ) -> Posting:
     return _plan(
+        routing_version=version,
         connection=connection,
         operation=operation,
         source=dispute.source,
@@ -380,13 +470,30 @@ def plan_dispute(dispute: Dispute) -> list[Posting]:
     moved to dispute losses (lost), after the withdrawal. An inquiry moves no money: nothing."""
     if not dispute.funds_withdrawn:
         return []
+    customer = dispute.payment.customer if dispute.payment is not None else None
+    route = routes(
+        RouteFacts(
+            transaction_type=RoutingRule.TYPE_DISPUTE,
+            legal_entity=dispute.legal_entity,
+            region=_region(customer, dispute.legal_entity),
+            currency=dispute.currency,
+            document=f"dispute {dispute.source_id}",
+        )
+    )
+    planned = []
     with transaction.atomic(savepoint=False):
-        connection = route(dispute.legal_entity)
-        withdrawn = _plan_dispute_movement(dispute, connection, Operation.WITHDRAW_DISPUTED_FUNDS)
-        if dispute.status == Dispute.STATUS_OPEN:
-            return [withdrawn]
-        decided = Operation.REINSTATE_DISPUTED_FUNDS if dispute.status == Dispute.STATUS_WON else Operation.LOSE_DISPUTE
-        return [withdrawn, _plan_dispute_movement(dispute, connection, decided, withdrawn.idempotency_key)]
+        for connection in route.connections:
+            withdrawn = _plan_dispute_movement(dispute, connection, Operation.WITHDRAW_DISPUTED_FUNDS, route.version)
+            planned.append(withdrawn)
+            if dispute.status == Dispute.STATUS_OPEN:
+                continue
+            decided = (
+                Operation.REINSTATE_DISPUTED_FUNDS if dispute.status == Dispute.STATUS_WON else Operation.LOSE_DISPUTE
+            )
+            planned.append(
+                _plan_dispute_movement(dispute, connection, decided, route.version, withdrawn.idempotency_key)
+            )
+    return planned
 
 
 # What the billing engine is told after each kind of posting reaches the ERP.

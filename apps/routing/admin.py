@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from apps.routing.models import ERPConnection, Mapping, RoutingRule
+from apps.routing.models import ERPConnection, Mapping, RoutingRule, RoutingVersion
 
 
 class MappingInline(admin.TabularInline):
@@ -16,7 +16,41 @@ class ERPConnectionAdmin(admin.ModelAdmin):
 
 @admin.register(RoutingRule)
 class RoutingRuleAdmin(admin.ModelAdmin):
-    list_display = ("priority", "legal_entity", "connection")
+    list_display = (
+        "priority",
+        "name",
+        "legal_entity",
+        "region",
+        "product_line",
+        "transaction_type",
+        "currency",
+        "connection",
+        "also",
+        "active",
+    )
+    list_editable = ("active",)
+    list_filter = ("connection", "legal_entity", "transaction_type", "active")
+
+
+@admin.register(RoutingVersion)
+class RoutingVersionAdmin(admin.ModelAdmin):
+    """Read-only: a version is the rule set as it was when a posting was routed by it."""
+
+    list_display = ("__str__", "created_at", "rule_count")
+    readonly_fields = ("digest", "rules", "created_at")
+
+    @admin.display(description="Rules")
+    def rule_count(self, version: RoutingVersion) -> int:
+        return len(version.rules)
+
+    def has_add_permission(self, request: object) -> bool:
+        return False
+
+    def has_change_permission(self, request: object, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: object, obj: object = None) -> bool:
+        return False
 
 
 @admin.register(Mapping)

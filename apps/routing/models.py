@@ -50,20 +50,74 @@ class ERPConnection(models.Model):
 
 
 class RoutingRule(models.Model):
-    """Which ERP connection receives a legal entity's documents. A rule without a legal entity is
-    the default. Lower priority numbers are evaluated first."""
+    """Which ERP connection receives a document. Rules are evaluated by priority (lower first); a
+    rule matches when every condition it sets holds (an empty condition matches anything), so a
+    rule without conditions is the default. The first match routes the document; a matching rule
+    marked ``also`` adds its connection and lets evaluation go on, so one document can be posted
+    to several ERPs (a statutory ledger beside the group ledger)."""
 
+    TYPE_INVOICE = "invoice"
+    TYPE_PAYMENT = "payment"
+    TYPE_DISPUTE = "dispute"
+    TRANSACTION_TYPES = [
+        (TYPE_INVOICE, "Invoice (with its payments, credit notes, refunds, write-off and void)"),
+        (TYPE_PAYMENT, "Unapplied payment (customer credit)"),
+        (TYPE_DISPUTE, "Dispute (chargeback)"),
+    ]
+
+    name = models.CharField(max_length=100, blank=True, help_text="What the rule is for, for people.")
     priority = models.PositiveIntegerField(default=100)
     legal_entity = models.ForeignKey(LegalEntity, null=True, blank=True, on_delete=models.CASCADE)
+    region = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Countries (ISO 3166 alpha-2, comma separated) of the customer's bill-to address.",
+    )
+    product_line = models.CharField(max_length=64, blank=True, help_text="The product line of the invoice.")
+    transaction_type = models.CharField(max_length=16, blank=True, choices=TRANSACTION_TYPES)
+    currency = models.CharField(max_length=3, blank=True, help_text="ISO 4217 code of the document.")
     connection = models.ForeignKey(ERPConnection, on_delete=models.PROTECT)
+    also = models.BooleanField(
+        default=False,
+        help_text="Post to this connection too and keep evaluating the rules below (fan-out).",
+    )
+    active = models.BooleanField(default=True)
 
     class Meta:
         ordering = ["priority", "id"]
-        constraints = [models.UniqueConstraint(fields=["legal_entity", "connection"], name="routing_rule_once")]
 
     def __str__(self) -> str:
-        who = self.legal_entity.code if self.legal_entity else "any legal entity"
-        return f"{who} → {self.connection}"
+        conditions = self.conditions() or {"any document": ""}
+        words = ", ".join(f"{key} {value}".strip() for key, value in conditions.items())
+        return f"{words} → {self.connection}{' (also)' if self.also else ''}"
+
+    def regions(self) -> set[str]:
+        return {code.strip().upper() for code in self.region.split(",") if code.strip()}
+
+    def conditions(self) -> dict[str, str]:
+        found = {
+            "legal entity": self.legal_entity.code if self.legal_entity_id and self.legal_entity else "",
+            "region": ",".join(sorted(self.regions())),
+            "product line": self.product_line,
+            "transaction type": self.transaction_type,
+            "currency": self.currency.upper(),
+        }
+        return {key: value for key, value in found.items() if value}
+
+
+class RoutingVersion(models.Model):
+    """One version of the active rule set, numbered in the order it was first used. Every posting
+    records the version that routed it, so an auditor can see which rules sent it where."""
+
+    digest = models.CharField(max_length=64, unique=True)
+    rules = models.JSONField(help_text="The active rules as they were, in evaluation order.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"routing v{self.pk}"
 
 
 class Mapping(models.Model):

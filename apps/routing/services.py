@@ -1,11 +1,57 @@
+"""Routing: which ERP connections receive a document, and under which version of the rules; and
+the mappings that turn hub values into a connection's ERP identifiers."""
+
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import dataclass, field
+
 from apps.ledger.models import LegalEntity
-from apps.routing.models import ERPConnection, Mapping, RoutingRule
+from apps.routing.models import ERPConnection, Mapping, RoutingRule, RoutingVersion
+
+
+@dataclass(frozen=True)
+class RouteFacts:
+    """What routing rules are evaluated on, for one root document (an invoice with everything that
+    follows it, unapplied cash, a dispute)."""
+
+    transaction_type: str
+    legal_entity: LegalEntity | None = None
+    region: str = ""  # the customer's bill-to country, else the legal entity's
+    product_line: str = ""
+    currency: str = ""
+    document: str = ""  # for people: "invoice in_123"
+
+    def words(self) -> str:
+        return (
+            f"legal entity {self.legal_entity.code if self.legal_entity else '(none)'}, "
+            f"region {self.region or '(none)'}, product line {self.product_line or '(none)'}, "
+            f"transaction type {self.transaction_type}, currency {self.currency.upper() or '(none)'}"
+        )
+
+
+@dataclass(frozen=True)
+class Route:
+    connections: tuple[ERPConnection, ...]
+    version: RoutingVersion | None = None
+    rules: tuple[int, ...] = field(default=())
 
 
 class NoRoute(LookupError):
-    pass
+    """No active rule takes the document. The event that carried it fails with this reason, and
+    is replayed when a routing rule is saved."""
+
+    code = "no_route"
+
+    def __init__(self, facts: RouteFacts) -> None:
+        self.facts = facts
+        what = facts.document or f"the {facts.transaction_type}"
+        super().__init__(
+            f"No ERP connection is routed for {what} ({facts.words()}). Add a routing rule that matches it "
+            "(Routing rules in the admin, or the routing section of the hub configuration); the event is "
+            "then posted automatically."
+        )
 
 
 class MissingMapping(LookupError):
@@ -16,17 +62,65 @@ class MissingMapping(LookupError):
         super().__init__(f"no {kind} mapping on {connection.name} for {', '.join(keys)}")
 
 
-def route(legal_entity: LegalEntity | None) -> ERPConnection:
-    rules = list(RoutingRule.objects.select_related("connection").filter(connection__active=True))
-    if legal_entity is not None:
-        for rule in rules:
-            if rule.legal_entity_id == legal_entity.pk:
-                return rule.connection
+def _matches(rule: RoutingRule, facts: RouteFacts) -> bool:
+    if rule.legal_entity_id is not None and (
+        facts.legal_entity is None or rule.legal_entity_id != facts.legal_entity.pk
+    ):
+        return False
+    if rule.region and facts.region.upper() not in rule.regions():
+        return False
+    if rule.product_line and rule.product_line != facts.product_line:
+        return False
+    if rule.transaction_type and rule.transaction_type != facts.transaction_type:
+        return False
+    return not rule.currency or rule.currency.upper() == facts.currency.upper()
+
+
+def _snapshot(rule: RoutingRule) -> dict[str, object]:
+    return {
+        "id": rule.pk,
+        "name": rule.name,
+        "priority": rule.priority,
+        **rule.conditions(),
+        "connection": rule.connection.name,
+        "also": rule.also,
+    }
+
+
+def current_version(rules: list[RoutingRule]) -> RoutingVersion:
+    snapshot = [_snapshot(rule) for rule in rules]
+    digest = hashlib.sha256(json.dumps(snapshot, sort_keys=True).encode()).hexdigest()
+    version = RoutingVersion.objects.filter(digest=digest).first()
+    if version is None:
+        version, _ = RoutingVersion.objects.get_or_create(digest=digest, defaults={"rules": snapshot})
+    return version
+
+
+def active_rules() -> list[RoutingRule]:
+    return list(
+        RoutingRule.objects.select_related("connection", "legal_entity").filter(active=True, connection__active=True)
+    )
+
+
+def routes(facts: RouteFacts) -> Route:
+    """The connections the document goes to: the first matching rule's, plus those of matching
+    ``also`` rules before it. Raises ``NoRoute`` when nothing matches."""
+    rules = active_rules()
+    chosen: list[RoutingRule] = []
     for rule in rules:
-        if rule.legal_entity_id is None:
-            return rule.connection
-    code = legal_entity.code if legal_entity else "(none)"
-    raise NoRoute(f"No ERP connection is routed for legal entity {code}.")
+        if not _matches(rule, facts):
+            continue
+        if all(rule.connection_id != other.connection_id for other in chosen):
+            chosen.append(rule)
+        if not rule.also:
+            break
+    if not chosen:
+        raise NoRoute(facts)
+    return Route(
+        connections=tuple(rule.connection for rule in chosen),
+        version=current_version(rules),
+        rules=tuple(rule.pk for rule in chosen),
+    )
 
 
 def resolve_mapping(connection: ERPConnection, kind: str, keys: list[str]) -> str:

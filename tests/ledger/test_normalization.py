@@ -134,7 +134,8 @@ def test_no_route_fails_the_event_with_a_reason_and_keeps_it(client: Client) -> 
     event = se.event("invoice.finalized", se.invoice(se.uid("cus"), [se.line(1000)]))
     assert receive(client, event) == InboxStatus.FAILED
     stored = InboxEvent.objects.get(event_id=event["id"])
-    assert stored.error == "No ERP connection is routed for legal entity US01."
+    assert stored.error.startswith("No ERP connection is routed for invoice")
+    assert stored.error_code == "no_route" and "legal entity US01" in stored.error
     assert not Invoice.objects.filter(source_id=event["data"]["object"]["id"]).exists()
 
 
