@@ -1,5 +1,6 @@
 """The lifecycle worked examples from a Chargebee stream (Basic-authenticated webhooks, API v2
-events): the real Tryton must end with the same documents and receivable as from Stripe."""
+events): the real Tryton must end with the same documents and receivable as from Stripe and the
+canonical API, customer credit and chargebacks included."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from apps.connectors.registry import get_connector
 from apps.posting.models import Operation, Posting
+from apps.routing.models import ERPConnection
 from apps.sources import chargebee_samples as cb
-from tests.e2e.test_lifecycle import billing_receivable, posted
+from tests.e2e.test_lifecycle import balances, billing_receivable, posted
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("worker")]
 
@@ -31,8 +34,8 @@ def send(client: Client, event: dict[str, Any]) -> None:
     assert response.status_code == 200, response.content
 
 
-def new_invoice() -> tuple[dict[str, Any], dict[str, Any]]:
-    customer = cb.customer()
+def new_invoice(customer: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    customer = customer or cb.customer()
     invoice = cb.invoice(
         customer["id"],
         [
@@ -110,4 +113,101 @@ def test_invoice_partly_paid_then_written_off(client: Client, tryton: Any) -> No
     posted(f"{invoice['id']}:write-off", Operation.WRITE_OFF)
 
     assert tryton.account_balance("6800") - bad_debts_before == Decimal("41.50")
+    assert tryton.receivable(f"{SOURCE}:{customer['id']}") == Decimal("0") == billing_receivable(customer["id"])
+
+
+def test_over_payment_stays_as_credit_and_settles_the_next_invoice(client: Client, tryton: Any) -> None:
+    customer, first = new_invoice()
+    customer_ref = f"{SOURCE}:{customer['id']}"
+    send(client, cb.invoice_generated(first, customer))
+    # A bank transfer of 100.00 recorded against a 61.50 invoice: 38.50 is left unused.
+    overpaid = cb.transaction(customer["id"], 10_000, [(first["id"], 6150)], payment_method="bank_transfer")
+    send(client, cb.payment_succeeded(first, overpaid))
+    posted(f"{overpaid['id']}:{first['id']}", Operation.APPLY_PAYMENT)
+    credit = posted(f"{overpaid['id']}:on-account", Operation.RECEIVE_ON_ACCOUNT)
+    [move] = tryton.moves(f"{SOURCE}:{overpaid['id']}:on-account")
+    assert move["state"] == "posted" and credit.erp_id == str(move["id"])
+    assert tryton.receivable(customer_ref) == Decimal("-38.50") == billing_receivable(customer["id"])
+
+    # Chargebee applies the excess payment to the next invoice itself, and says so twice: the
+    # transaction gains a linked invoice (transaction_updated), the invoice is generated part paid.
+    _, second = new_invoice(customer)
+    second_paid, overpaid_after = cb.excess_applied(second, overpaid, 3850)
+    send(client, cb.transaction_event("transaction_updated", overpaid_after))
+    send(client, cb.invoice_generated(second_paid))
+    applied = posted(f"{overpaid['id']}:{second['id']}", Operation.APPLY_CREDIT)
+    assert not Posting.objects.filter(source_id=f"{overpaid['id']}:{second['id']}", operation=Operation.APPLY_PAYMENT)
+
+    [erp_second] = tryton.invoices(f"{SOURCE}:{second['id']}")
+    assert (erp_second["state"], erp_second["amount_to_pay"]) == ("posted", Decimal("23.00"))
+    connector = get_connector("tryton", ERPConnection.objects.get(name="tryton-local").resolved_settings())
+    found = connector.find_document(Operation.APPLY_CREDIT, f"{SOURCE}:{overpaid['id']}:{second['id']}")
+    assert found is not None and found.erp_id == applied.erp_id  # what a retry would find first
+    assert tryton.receivable(customer_ref) == Decimal("23.00") == billing_receivable(customer["id"])
+
+    rest = cb.transaction(customer["id"], 2300, [(second["id"], 2300)])
+    send(client, cb.payment_succeeded(second_paid, rest))
+    posted(f"{rest['id']}:{second['id']}", Operation.APPLY_PAYMENT)
+    [erp_second] = tryton.invoices(f"{SOURCE}:{second['id']}")
+    assert erp_second["state"] == "paid"
+    assert tryton.receivable(customer_ref) == Decimal("0") == billing_receivable(customer["id"])
+
+
+def paid_invoice(client: Client) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A posted invoice paid in full by card: (customer, the invoice as paid, the payment)."""
+    customer, invoice = new_invoice()
+    payment = cb.transaction(customer["id"], 6150, [(invoice["id"], 6150)], payment_method="card")
+    paid = cb.payment_succeeded(invoice, payment, customer)
+    send(client, cb.invoice_generated(invoice, customer))
+    send(client, paid)
+    posted(f"{payment['id']}:{invoice['id']}", Operation.APPLY_PAYMENT)
+    return customer, paid["content"]["invoice"], payment
+
+
+def test_payment_then_chargeback_lost_moves_the_money_to_dispute_losses(client: Client, tryton: Any) -> None:
+    customer, invoice, payment = paid_invoice(client)
+    before = balances(tryton, "1150", "1190", "6810")
+
+    # Chargeback Management's "create credit note and record refund": Chargebee's final booking.
+    lost = cb.chargeback_lost(invoice, payment)
+    refund, note = lost["content"]["transaction"], lost["content"]["credit_note"]
+    send(client, lost)
+    send(client, cb.transaction_event("transaction_created", refund))  # the same chargeback, once
+    send(client, cb.credit_note_created(note))  # never a credit note: the invoice stays paid
+    withdrawn = posted(f"{refund['id']}:withdrawn", Operation.WITHDRAW_DISPUTED_FUNDS)
+    loss = posted(f"{refund['id']}:lost", Operation.LOSE_DISPUTE)
+
+    assert loss.depends_on_key == withdrawn.idempotency_key
+    [move] = tryton.moves(f"{SOURCE}:{refund['id']}:lost")
+    assert move["state"] == "posted" and loss.erp_id == str(move["id"])
+    after = balances(tryton, "1150", "1190", "6810")
+    assert after["1150"] - before["1150"] == Decimal("-61.50")  # left the card clearing account
+    assert after["1190"] == before["1190"]
+    assert after["6810"] - before["6810"] == Decimal("61.50")
+    assert not Posting.objects.filter(source_id=note["id"]).exists()
+    assert tryton.credit_notes(f"{SOURCE}:{customer['id']}") == []
+    assert tryton.receivable(f"{SOURCE}:{customer['id']}") == Decimal("0") == billing_receivable(customer["id"])
+
+
+def test_chargeback_won_reinstates_the_funds(client: Client, tryton: Any) -> None:
+    customer, _, payment = paid_invoice(client)
+    before = balances(tryton, "1150", "1190", "6810")
+
+    refund = cb.chargeback_refund(payment)  # recorded on the payment while the dispute runs
+    send(client, cb.transaction_event("transaction_created", refund))
+    posted(f"{refund['id']}:withdrawn", Operation.WITHDRAW_DISPUTED_FUNDS)
+    withdrawn = balances(tryton, "1150", "1190", "6810")
+    assert withdrawn["1150"] - before["1150"] == Decimal("-61.50")
+    assert withdrawn["1190"] - before["1190"] == Decimal("61.50")  # held as disputed
+    assert tryton.receivable(f"{SOURCE}:{customer['id']}") == Decimal("0") == billing_receivable(customer["id"])
+
+    removed = cb.chargeback_removed(refund)  # won: the merchant removes Chargebee's chargeback refund
+    send(client, removed)
+    send(client, removed)  # redelivered: still one reinstatement
+    posted(f"{refund['id']}:reinstated", Operation.REINSTATE_DISPUTED_FUNDS)
+
+    after = balances(tryton, "1150", "1190", "6810")
+    assert (after["1150"], after["1190"], after["6810"]) == (before["1150"], before["1190"], before["6810"])
+    assert len(tryton.moves(f"{SOURCE}:{refund['id']}:reinstated")) == 1
+    assert not Posting.objects.filter(source_id=f"{refund['id']}:lost").exists()
     assert tryton.receivable(f"{SOURCE}:{customer['id']}") == Decimal("0") == billing_receivable(customer["id"])
