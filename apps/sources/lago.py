@@ -21,10 +21,50 @@ Identity: every record is named by its ``lago_id``, which Lago assigns and never
 ``external_id`` belongs to the billing user's own application). ``source_version`` is the object's
 ``updated_at`` in milliseconds since the epoch.
 
-Amounts: an invoice is posted at its total including taxes, before credit notes and prepaid credits
-are deducted from what the customer owes (those deductions are settlements, not price changes). Its
-lines are the non-zero fees at their amount before coupons, plus one negative line for the coupons
-and one for progressive billing credit, which is how Lago computes the subtotal.
+Amounts: an invoice is posted at its total including taxes, before credit notes and purchased prepaid
+credits are deducted from what the customer owes (those deductions are settlements from the customer's
+credit, not price changes). Its lines are the non-zero fees at their amount before coupons, plus one
+negative line for the coupons, one for progressive billing credit and one for granted (free) wallet
+credits, which is how Lago computes what is charged: free credits are a discount, no money backs them.
+
+Status mapping (Lago ``status`` / ``payment_status`` → ledger):
+
+- ``finalized`` + ``pending``/``failed`` → open (Lago keeps a failed payment due and retries it);
+  ``finalized`` + ``succeeded`` → paid. ``draft`` is ignored until Lago finalizes it.
+- ``voided`` with nothing paid → void (cancelled in the ERP).
+- ``voided`` with money already paid on it (``total_paid_amount_cents`` > 0) → uncollectible.
+  **Lago has no bad-debt write-off**: no uncollectible status, no write-off call. Voiding is the only
+  way to stop claiming what is left of an invoice, and Lago keeps the cash already received (unless a
+  credit note refunds it). The ERP cannot void an invoice that has payments, and what Lago drops is
+  exactly a receivable given up on, so the hub writes the unpaid rest off to bad debts (``write_off``,
+  after the payments), the way the Stripe ``uncollectible`` status is posted.
+- ``invoice_type: credit`` (a purchase of wallet credits) is not a sale: once paid, its cash is the
+  customer's credit (unapplied cash, ``receive_on_account``), named ``<invoice>:payment``.
+
+Payments. Lago's payment records (``payment.succeeded`` for payment providers, ``payment_receipt.created``
+for every succeeded payment, manual ones included, when receipts are on) are the payments, named by
+their ``lago_id`` and applied to their invoice, so an invoice paid in several parts is several
+payments. An invoice's ``total_paid_amount_cents`` is the sum of those records, so when Lago reports an
+invoice paid, the hub posts from the invoice only what no record covers (an invoice marked paid with
+``PUT /invoices/{id}`` and ``payment_status: succeeded``), as one payment named ``<invoice>:payment``.
+Manual payments are visible to the hub only through receipts: turn payment receipts on in Lago, and
+subscribe the webhook endpoint to ``payment.succeeded`` and ``payment_receipt.created``. A payment of a
+payment request that covers several invoices does not say how much went to each: it is not posted (the
+event is kept with a message for finance).
+
+Customer credit. Credits used by an invoice are applied to it from the customer's credit
+(``apply_credit``, no new cash): purchased prepaid credits as ``<invoice>:prepaid-credits``, credit
+notes' credit as ``<invoice>:credit-notes``. Their ``amount_paid_minor`` includes them, so billing's
+receivable is the total less cash and credits used. Lago cannot be over-paid (a manual payment larger
+than what is due is refused; providers charge what is due): buying prepaid credits is how a customer
+pays ahead, and it is posted as the hub posts an over-payment (customer credit, later applied).
+
+Disputes. Lago reports only a lost dispute (``invoice.payment_dispute_lost``), naming the invoice, not
+the payment or the amount; it has no dispute-opened or dispute-won event, so "dispute won" has no
+Lago form. A lost dispute is posted as one opened and lost at once (funds withdrawn, then lost) for
+what Lago recorded as paid on the invoice, against the invoice's payment (``<invoice>:payment``); the
+dispute is ``<invoice>:dispute``. Lago's disputes come from card providers, which charge what is due,
+so this is the charged amount unless manual payments were recorded on the invoice before.
 """
 
 from __future__ import annotations
@@ -47,6 +87,7 @@ from apps.ledger.commands import (
     CreditMemoData,
     CreditMemoLineData,
     CustomerData,
+    DisputeData,
     InvoiceData,
     InvoiceLineData,
     LedgerCommand,
@@ -68,10 +109,17 @@ INVOICE_EVENTS = {
     "invoice.payment_status_updated",
 }
 CREDIT_NOTE_EVENTS = {"credit_note.created"}
-SUPPORTED_EVENTS = CUSTOMER_EVENTS | INVOICE_EVENTS | CREDIT_NOTE_EVENTS
+PAYMENT_EVENTS = {"payment.succeeded", "payment_receipt.created"}
+DISPUTE_LOST_EVENT = "invoice.payment_dispute_lost"
+SUPPORTED_EVENTS = CUSTOMER_EVENTS | INVOICE_EVENTS | CREDIT_NOTE_EVENTS | PAYMENT_EVENTS | {DISPUTE_LOST_EVENT}
 
 COUPONS_LINE = "coupons"
 PROGRESSIVE_BILLING_LINE = "progressive_billing_credit"
+FREE_CREDITS_LINE = "granted_credits"
+# The payments that settle part of an invoice from the customer's credit, named <invoice><suffix>.
+PREPAID_CREDITS_SUFFIX = ":prepaid-credits"
+CREDIT_NOTES_SUFFIX = ":credit-notes"
+DISPUTE_SUFFIX = ":dispute"
 
 
 # --- authenticity --------------------------------------------------------------------------------
@@ -177,10 +225,13 @@ def parse_envelope(body: bytes) -> dict[str, Any]:
 
 
 def _object(message: dict[str, Any]) -> dict[str, Any]:
+    """The record the webhook is about: the invoice a lost dispute wraps
+    (``{"payment_dispute_lost": {"invoice": {...}}}``), the payment a receipt is for."""
     obj = message[message["object_type"]]
-    # invoice.payment_dispute_lost wraps the invoice: {"payment_dispute_lost": {"invoice": {...}}}
     if "lago_id" not in obj and isinstance(obj.get("invoice"), dict):
         return obj["invoice"]
+    if message["object_type"] == "payment_receipt" and isinstance(obj.get("payment"), dict):
+        return obj["payment"]
     return obj
 
 
@@ -400,24 +451,69 @@ def _payment_provider(customer: dict[str, Any]) -> str:
     return _text(provider) or "manual"
 
 
+@dataclasses.dataclass(frozen=True)
+class Settlement:
+    """How Lago settled an invoice, in cents: cash its payment records hold, cash it was marked paid
+    with and no record holds, and the customer's credit it used."""
+
+    recorded: int  # total_paid_amount_cents: the sum of Lago's payment records on it
+    marked: int  # paid in Lago's eyes with no payment record (payment_status set by hand)
+    prepaid_credits: int  # purchased wallet credits used
+    credit_notes: int  # credit notes' credit used
+
+    @property
+    def total(self) -> int:
+        return self.recorded + self.marked + self.prepaid_credits + self.credit_notes
+
+
+def _granted_and_purchased(obj: dict[str, Any], what: str) -> tuple[int, int]:
+    """Wallet credits the invoice used: (granted for free, purchased). Lago sends the split since
+    2025; before it, every prepaid credit is taken as purchased."""
+    prepaid = _optional_int(obj, "prepaid_credit_amount_cents", what)
+    granted = _optional_int(obj, "prepaid_granted_credit_amount_cents", what)
+    purchased = (
+        prepaid - granted
+        if obj.get("prepaid_purchased_credit_amount_cents") is None
+        else _int(obj, "prepaid_purchased_credit_amount_cents", what)
+    )
+    if granted < 0 or purchased < 0 or granted + purchased != prepaid:
+        raise InvalidPayload(
+            f"{what}: prepaid credits of {prepaid} cents do not split into {granted} granted and {purchased} purchased."
+        )
+    return granted, purchased
+
+
+def settlement_of(obj: dict[str, Any], what: str) -> Settlement:
+    _, purchased = _granted_and_purchased(obj, what)
+    recorded = _optional_int(obj, "total_paid_amount_cents", what)
+    due = _int(obj, "total_amount_cents", what)  # after credit notes and prepaid credits
+    marked = 0
+    if obj.get("payment_status") == "succeeded" and obj.get("status") != "voided":
+        # Paid in full: the amount due less what credit notes offset against it is cash.
+        marked = max(0, due - _optional_int(obj, "total_offsetted_credit_note_amount_cents", what) - recorded)
+    return Settlement(recorded, marked, purchased, _optional_int(obj, "credit_notes_amount_cents", what))
+
+
 def invoice_from_object(obj: dict[str, Any]) -> InvoiceData:
     invoice_id = _required_id(obj, "Invoice")
     what = f"Invoice {obj.get('number') or invoice_id}"
     lago_status = obj.get("status")
     if lago_status not in ("finalized", "voided"):
         raise IgnoredEvent(f"{what} is {lago_status!r} in Lago: only finalized and voided invoices are posted.")
+    settled = settlement_of(obj, what)
     if lago_status == "voided":
-        status = "void"
+        # Voiding is Lago's only way to give up on what is left; money kept makes it a write-off.
+        status = "uncollectible" if settled.recorded > 0 else "void"
     elif obj.get("payment_status") == "succeeded":
         status = "paid"
     else:
         status = "open"
     customer = customer_from_object(_customer_of(obj, what), snapshot=True)
     version = _version(obj, what)
-    subtotal = _int(obj, "sub_total_excluding_taxes_amount_cents", what)
+    granted, _ = _granted_and_purchased(obj, what)
+    subtotal = _int(obj, "sub_total_excluding_taxes_amount_cents", what) - granted
     tax = _int(obj, "taxes_amount_cents", what)
-    total = _int(obj, "sub_total_including_taxes_amount_cents", what)
-    due = _int(obj, "total_amount_cents", what)
+    total = _int(obj, "sub_total_including_taxes_amount_cents", what) - granted
 
     fees = obj.get("fees")
     if not isinstance(fees, list):
@@ -429,19 +525,16 @@ def invoice_from_object(obj: dict[str, Any]) -> InvoiceData:
     progressive = _optional_int(obj, "progressive_billing_credit_amount_cents", what)
     if progressive:
         lines.append(_deduction_line(invoice_id, PROGRESSIVE_BILLING_LINE, "Usage already billed", progressive))
+    if granted:
+        lines.append(_deduction_line(invoice_id, FREE_CREDITS_LINE, "Free credits", granted))
     if not lines:
         if total == 0:
             raise IgnoredEvent(f"{what} is for zero {obj.get('currency') or ''}: there is nothing to post.".strip())
         raise InvalidPayload(f"{what} has a total of {total} cents but no fee with an amount.")
     lines = _settle_tax_rounding(lines, tax)
 
-    if status == "paid":
-        # What reached the bank: the amount due less what credit notes offset against it.
-        paid = max(0, due - _optional_int(obj, "total_offsetted_credit_note_amount_cents", what))
-    else:
-        paid = _optional_int(obj, "total_paid_amount_cents", what)
     status_date = None
-    if status == "void":
+    if status in ("void", "uncollectible"):
         status_date = _date(obj, "voided_at", what) or _date(obj, "updated_at", what)
     elif status == "paid":
         status_date = _date(obj, "updated_at", what)
@@ -460,7 +553,7 @@ def invoice_from_object(obj: dict[str, Any]) -> InvoiceData:
         subtotal_minor=subtotal,
         tax_minor=tax,
         total_minor=total,
-        amount_paid_minor=paid,
+        amount_paid_minor=settled.total,
         invoice_date=invoice_date,
         due_date=_date(obj, "payment_due_date", what),
         lines=tuple(lines),
@@ -471,24 +564,164 @@ def invoice_from_object(obj: dict[str, Any]) -> InvoiceData:
 
 
 def payment_id(invoice_id: str) -> str:
-    """Lago reports a paid invoice, not the payment: one payment per invoice, named after it."""
+    """The payment of an invoice Lago reports paid without a payment record for it."""
     return f"{invoice_id}:payment"
 
 
 def payment_from_paid_invoice(obj: dict[str, Any], invoice: InvoiceData) -> PaymentData | None:
-    if invoice.amount_paid_minor <= 0:
-        return None  # settled by prepaid credits or credit notes: no money moved
+    """What the invoice shows paid that no Lago payment record covers (the records arrive as
+    payments of their own), or None."""
+    marked = settlement_of(obj, f"Invoice {invoice.number or invoice.source_id}").marked
+    if invoice.status != "paid" or marked <= 0:
+        return None
     return PaymentData(
         source_id=payment_id(invoice.source_id),
         source_version=invoice.source_version,
         customer_source_id=invoice.customer.source_id,
         currency=invoice.currency,
-        amount_minor=invoice.amount_paid_minor,
+        amount_minor=marked,
         method=_payment_provider(obj["customer"]),
         settled_at=datetime.fromtimestamp(invoice.source_version / 1000, UTC),  # when Lago saw it paid
-        applications=(
-            PaymentApplicationData(invoice_source_id=invoice.source_id, amount_minor=invoice.amount_paid_minor),
+        applications=(PaymentApplicationData(invoice_source_id=invoice.source_id, amount_minor=marked),),
+    )
+
+
+def credits_used(obj: dict[str, Any], invoice: InvoiceData) -> list[PaymentData]:
+    """The customer's credit Lago used on the invoice when it finalized it, applied to it from the
+    customer's credit: purchased prepaid credits, and credit notes' credit."""
+    if invoice.status == "void":
+        return []
+    settled = settlement_of(obj, f"Invoice {invoice.number or invoice.source_id}")
+    used_on = datetime.combine(invoice.invoice_date, datetime.min.time(), UTC)
+    return [
+        PaymentData(
+            source_id=f"{invoice.source_id}{suffix}",
+            source_version=invoice.source_version,
+            customer_source_id=invoice.customer.source_id,
+            currency=invoice.currency,
+            amount_minor=amount,
+            method=method,
+            settled_at=used_on,
+            applications=(
+                PaymentApplicationData(invoice_source_id=invoice.source_id, amount_minor=amount, from_credit=True),
+            ),
+            unapplied_is_credit=False,
+        )
+        for suffix, amount, method in (
+            (PREPAID_CREDITS_SUFFIX, settled.prepaid_credits, "prepaid_credits"),
+            (CREDIT_NOTES_SUFFIX, settled.credit_notes, "credit_note"),
+        )
+        if amount > 0
+    ]
+
+
+def credit_purchase(obj: dict[str, Any]) -> list[LedgerCommand]:
+    """A credit invoice sells wallet credits: not revenue, but cash the customer pays ahead. Once
+    paid, that cash is the customer's credit (unapplied cash), named ``<invoice>:payment``."""
+    invoice_id = _required_id(obj, "Invoice")
+    what = f"Credit purchase invoice {obj.get('number') or invoice_id}"
+    if obj.get("status") != "finalized" or obj.get("payment_status") != "succeeded":
+        raise IgnoredEvent(
+            f"{what} sells prepaid credits and is {obj.get('status')}/{obj.get('payment_status')} in Lago: it is not "
+            "revenue, and its cash is posted as the customer's credit once Lago reports it paid."
+        )
+    customer = customer_from_object(_customer_of(obj, what), snapshot=True)
+    amount = _int(obj, "total_amount_cents", what)
+    if amount <= 0:
+        raise IgnoredEvent(f"{what} is for zero {obj.get('currency') or ''}: no money came in.".strip())
+    version = _version(obj, what)
+    return [
+        customer,
+        PaymentData(
+            source_id=payment_id(invoice_id),
+            source_version=version,
+            customer_source_id=customer.source_id,
+            currency=_currency(obj, what),
+            amount_minor=amount,
+            method=_payment_provider(obj["customer"]),
+            settled_at=datetime.fromtimestamp(version / 1000, UTC),
+            unapplied_is_credit=True,
         ),
+    ]
+
+
+# --- payments ------------------------------------------------------------------------------------
+
+
+def payment_from_object(obj: dict[str, Any]) -> PaymentData:
+    """One of Lago's payment records (``payment.succeeded``, or the payment a receipt is for),
+    applied to the invoice it pays."""
+    lago_id = _required_id(obj, "Payment")
+    numbers = ", ".join(_text(number) for number in obj.get("invoice_numbers") or [] if number)
+    what = f"Payment {lago_id}" + (f" of invoice {numbers}" if numbers else "")
+    if obj.get("payment_status") != "succeeded":
+        raise IgnoredEvent(f"{what} is {obj.get('payment_status')!r} in Lago: only succeeded payments are posted.")
+    invoices = [_text(invoice) for invoice in obj.get("invoice_ids") or [] if _text(invoice)]
+    if not invoices:
+        raise InvalidPayload(f"{what} names no invoice ('invoice_ids').")
+    amount = _int(obj, "amount_cents", what)
+    if amount <= 0:
+        raise InvalidPayload(f"{what}: 'amount_cents' must be positive, got {amount}.")
+    if len(invoices) > 1:
+        raise IgnoredEvent(
+            f"{what} pays a payment request for {len(invoices)} invoices ({numbers or ', '.join(invoices)}) and Lago "
+            f"does not say how much of its {amount} cents went to each: it is not posted. Record it against those "
+            "invoices in the ERP by hand."
+        )
+    paid_at = _datetime(obj, "created_at", what)
+    if paid_at is None:
+        raise InvalidPayload(f"{what} has no 'created_at'.")
+    try:
+        currency = normalize_currency(_text(obj.get("amount_currency")))
+    except CurrencyError as exc:
+        raise InvalidPayload(f"{what}: 'amount_currency' {exc}.") from exc
+    method = (
+        "manual"
+        if obj.get("type") == "manual"
+        else _text(obj.get("payment_provider_type")) or _text(obj.get("payment_provider_code")) or "manual"
+    )
+    customer_id = _text(obj.get("lago_customer_id"))
+    if not customer_id:
+        raise InvalidPayload(f"{what} has no 'lago_customer_id'.")
+    return PaymentData(
+        source_id=lago_id,
+        source_version=int(paid_at.timestamp() * 1000),  # a payment record does not change once succeeded
+        customer_source_id=customer_id,
+        currency=currency,
+        amount_minor=amount,
+        method=method,
+        settled_at=paid_at,
+        applications=(PaymentApplicationData(invoice_source_id=invoices[0], amount_minor=amount),),
+    )
+
+
+# --- disputes ------------------------------------------------------------------------------------
+
+
+def dispute_from_lost_payment(message: dict[str, Any]) -> DisputeData:
+    """``invoice.payment_dispute_lost``: the invoice's payment was disputed and the dispute lost. Lago
+    sends nothing when a dispute opens or is won, so it is posted as opened and lost at once."""
+    obj = _object(message)
+    invoice_id = _required_id(obj, "Invoice")
+    what = f"Invoice {obj.get('number') or invoice_id}"
+    settled = settlement_of(obj, what)
+    taken_back = settled.recorded + settled.marked
+    if taken_back <= 0:
+        raise IgnoredEvent(f"Lago lost a payment dispute on {what}, but recorded no payment on it: no money moved.")
+    lost_on = _date(obj, "payment_dispute_lost_at", what) or _date(obj, "updated_at", what)
+    if lost_on is None:
+        raise InvalidPayload(f"{what} has no 'payment_dispute_lost_at'.")
+    wrapper = message[message["object_type"]]
+    return DisputeData(
+        source_id=f"{invoice_id}{DISPUTE_SUFFIX}",
+        source_version=_version(obj, what),
+        payment_source_id=payment_id(invoice_id),
+        currency=_currency(obj, what),
+        amount_minor=taken_back,
+        status="lost",
+        opened_on=lost_on,
+        reason=_text(wrapper.get("provider_error") if isinstance(wrapper, dict) else "") or "Payment dispute lost",
+        closed_on=lost_on,
     )
 
 
@@ -583,22 +816,21 @@ def parse_message(message: dict[str, Any]) -> list[LedgerCommand]:
             "Lago webhook type invoice.drafted is not posted: a draft can still change; the invoice is posted "
             "when Lago finalizes it (invoice.created)."
         )
-    if webhook_type == "invoice.payment_dispute_lost":
-        raise IgnoredEvent(
-            "Lago webhook type invoice.payment_dispute_lost is not posted by this hub version: Lago does not say "
-            f"which payment or amount the lost dispute took back. Record the chargeback on invoice "
-            f"{obj.get('number') or obj.get('lago_id')} in the ERP by hand."
-        )
+    if webhook_type == DISPUTE_LOST_EVENT:
+        return [dispute_from_lost_payment(message)]
     if webhook_type in CUSTOMER_EVENTS:
         return [customer_from_object(obj)]
     if webhook_type in INVOICE_EVENTS:
+        if obj.get("invoice_type") == "credit":
+            return credit_purchase(obj)
         invoice = invoice_from_object(obj)
-        commands: list[LedgerCommand] = [invoice]
-        if invoice.status == "paid":
-            payment = payment_from_paid_invoice(obj, invoice)
-            if payment is not None:
-                commands.append(payment)
+        commands: list[LedgerCommand] = [invoice, *credits_used(obj, invoice)]
+        payment = payment_from_paid_invoice(obj, invoice)
+        if payment is not None:
+            commands.append(payment)
         return commands
+    if webhook_type in PAYMENT_EVENTS:
+        return [payment_from_object(obj)]
     if webhook_type in CREDIT_NOTE_EVENTS:
         return [credit_memo_from_object(obj)]
     raise IgnoredEvent(f"Lago webhook type {webhook_type} is not posted by this hub version.")

@@ -7,6 +7,11 @@ Shapes from Lago's documentation:
 - https://getlago.com/docs/api-reference/invoices/invoice-object (invoice and fee objects)
 - https://getlago.com/docs/api-reference/credit-notes/credit-note-object
 - https://getlago.com/docs/api-reference/customers/object
+- https://getlago.com/docs/api-reference/payments/payment-object (payment.succeeded)
+- https://getlago.com/docs/api-reference/payment-receipts/payment-receipt-object (payment_receipt.created)
+- https://getlago.com/docs/api-reference/invoices/lose-dispute (invoice.payment_dispute_lost)
+- https://getlago.com/docs/api-reference/wallets/wallet-transaction-object (prepaid credits bought on a
+  credit invoice)
 """
 
 from __future__ import annotations
@@ -194,18 +199,26 @@ def invoice(
     progressive_billing_credit_amount_cents: int = 0,
     credit_notes_amount_cents: int = 0,
     prepaid_credit_amount_cents: int = 0,
+    prepaid_granted_credit_amount_cents: int = 0,
+    total_paid_amount_cents: int | None = None,
     taxes_amount_cents: int | None = None,
     issuing_date: date | None = None,
     updated_at: str | None = None,
     voided_at: str | None = None,
+    payment_dispute_lost_at: str | None = None,
     invoice_type: str = "subscription",
 ) -> dict[str, Any]:
     """Totals as Lago computes them: fees less coupons and progressive billing credit, plus taxes,
-    less the credit notes and prepaid credits used."""
+    less the credit notes and prepaid credits used (``prepaid_granted_credit_amount_cents`` of them
+    free credits). ``total_paid_amount_cents`` is the sum of the invoice's payment records: by default
+    all of it once paid (a provider charged it), nothing before; 0 with ``payment_status="succeeded"``
+    is an invoice marked paid by hand."""
     fees_amount = sum(item["amount_cents"] for item in fees)
     subtotal = fees_amount - progressive_billing_credit_amount_cents - coupons_amount_cents
     taxes = sum(item["taxes_amount_cents"] for item in fees) if taxes_amount_cents is None else taxes_amount_cents
     total = subtotal + taxes - credit_notes_amount_cents - prepaid_credit_amount_cents
+    if total_paid_amount_cents is None:
+        total_paid_amount_cents = total if payment_status == "succeeded" else 0
     invoice_id = lago_id or uid()
     issued = issuing_date or date.today()
     now = timestamp()
@@ -225,7 +238,7 @@ def invoice(
         "invoice_type": invoice_type,
         "status": status,
         "payment_status": payment_status,
-        "payment_dispute_lost_at": None,
+        "payment_dispute_lost_at": payment_dispute_lost_at,
         "payment_overdue": False,
         "currency": "USD",
         "fees_amount_cents": fees_amount,
@@ -236,12 +249,14 @@ def invoice(
         "sub_total_excluding_taxes_amount_cents": subtotal,
         "sub_total_including_taxes_amount_cents": subtotal + taxes,
         "total_amount_cents": total,
-        "total_due_amount_cents": 0 if payment_status == "succeeded" else total,
-        "total_paid_amount_cents": total if payment_status == "succeeded" else 0,
+        "total_due_amount_cents": 0
+        if payment_status == "succeeded" or status == "voided"
+        else total - total_paid_amount_cents,
+        "total_paid_amount_cents": total_paid_amount_cents,
         "total_offsetted_credit_note_amount_cents": 0,
         "prepaid_credit_amount_cents": prepaid_credit_amount_cents,
-        "prepaid_granted_credit_amount_cents": 0,
-        "prepaid_purchased_credit_amount_cents": prepaid_credit_amount_cents,
+        "prepaid_granted_credit_amount_cents": prepaid_granted_credit_amount_cents,
+        "prepaid_purchased_credit_amount_cents": prepaid_credit_amount_cents - prepaid_granted_credit_amount_cents,
         "file_url": None,
         "xml_url": None,
         "version_number": 4,
@@ -253,6 +268,84 @@ def invoice(
         "fees": fees,
         "credits": [],
         "applied_taxes": [],
+    }
+
+
+def credit_purchase_invoice(
+    customer_obj: dict[str, Any],
+    amount_cents: int,
+    *,
+    payment_status: str = "pending",
+    lago_id: str | None = None,
+    number: str | None = None,
+    updated_at: str | None = None,
+) -> dict[str, Any]:
+    """The invoice Lago issues when a customer buys prepaid credits for a wallet (``invoice_type:
+    credit``, one untaxed fee of type ``credit``), sent as ``invoice.paid_credit_added``."""
+    credit_fee = fee(
+        amount_cents, taxes_rate=0.0, taxes_amount_cents=0, code="credit", name="Credits", fee_type="credit"
+    )
+    credit_fee["item"]["item_type"] = "WalletTransaction"
+    for key in ("from_date", "to_date"):
+        credit_fee.pop(key)
+    return invoice(
+        customer_obj,
+        [credit_fee],
+        lago_id=lago_id,
+        number=number,
+        payment_status=payment_status,
+        updated_at=updated_at,
+        invoice_type="credit",
+    )
+
+
+def payment(
+    invoice_obj: dict[str, Any],
+    amount_cents: int,
+    *,
+    lago_id: str | None = None,
+    manual: bool = False,
+    paid_at: str | None = None,
+    reference: str | None = None,
+    payment_status: str = "succeeded",
+) -> dict[str, Any]:
+    """A payment record on one invoice: a provider's charge (``payment.succeeded``), or a manual
+    payment recorded with ``POST /api/v1/payments`` (its ``created_at`` is the ``paid_at`` given)."""
+    customer_obj = invoice_obj["customer"]
+    provider = (customer_obj.get("billing_configuration") or {}).get("payment_provider") or "stripe"
+    return {
+        "lago_id": lago_id or uid(),
+        "lago_customer_id": customer_obj["lago_id"],
+        "external_customer_id": customer_obj["external_id"],
+        "invoice_ids": [invoice_obj["lago_id"]],
+        "invoice_numbers": [invoice_obj["number"]],
+        "lago_payable_id": invoice_obj["lago_id"],
+        "payable_type": "Invoice",
+        "amount_cents": amount_cents,
+        "amount_currency": invoice_obj["currency"],
+        "status": "succeeded",
+        "payment_status": payment_status,
+        "type": "manual" if manual else "provider",
+        "reference": (reference or "wire transfer") if manual else None,
+        "payment_provider_code": None if manual else f"{provider}_prod",
+        "payment_provider_type": None if manual else provider,
+        "external_payment_id": None if manual else f"pi_{uuid.uuid4().hex[:14]}",
+        "provider_payment_id": None if manual else f"pi_{uuid.uuid4().hex[:14]}",
+        "provider_customer_id": None if manual else f"cus_{uuid.uuid4().hex[:14]}",
+        "next_action": {},
+        "created_at": paid_at or timestamp(),
+    }
+
+
+def payment_receipt(payment_obj: dict[str, Any]) -> dict[str, Any]:
+    """The receipt Lago issues for a succeeded payment (``payment_receipt.created``)."""
+    return {
+        "lago_id": uid(),
+        "number": f"LAG-{uuid.uuid4().hex[:4].upper()}-RCPT-001",
+        "file_url": None,
+        "xml_url": None,
+        "payment": payment_obj,
+        "created_at": timestamp(),
     }
 
 
@@ -338,10 +431,14 @@ def webhook(webhook_type: str, obj: dict[str, Any], *, object_type: str | None =
     }
 
 
-def payment_dispute_lost(invoice_obj: dict[str, Any]) -> dict[str, Any]:
+def payment_dispute_lost(invoice_obj: dict[str, Any], *, lost_at: str | None = None) -> dict[str, Any]:
+    """The invoice as Lago serializes it for this webhook: with its customer, without fees."""
+    lost_at = lost_at or timestamp()
+    shown = {key: value for key, value in invoice_obj.items() if key not in ("fees", "credits", "applied_taxes")}
+    shown.update(payment_dispute_lost_at=lost_at, payment_overdue=False, updated_at=lost_at)
     return webhook(
         "invoice.payment_dispute_lost",
-        {"invoice": invoice_obj, "provider_error": "Chargeback lost"},
+        {"invoice": shown, "provider_error": "Chargeback lost"},
         object_type="payment_dispute_lost",
     )
 

@@ -2,14 +2,21 @@ import base64
 import hashlib
 import hmac
 import json
-from datetime import UTC, date, datetime
+import os
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import jwt
 import pytest
+from django.test import Client
 
-from apps.ledger.commands import CreditMemoData, CustomerData, InvoiceData, PaymentData
+from apps.ingest.models import InboxEvent, InboxStatus
+from apps.ingest.services import normalize_event
+from apps.ledger.commands import CreditMemoData, CustomerData, DisputeData, InvoiceData, PaymentData
+from apps.ledger.models import Dispute, Invoice, Payment, PaymentApplication
+from apps.posting.models import Operation, Posting
+from apps.sources import lago
 from apps.sources import lago_samples as samples
 from apps.sources.base import IgnoredEvent, InvalidPayload, SignatureError
 from apps.sources.lago import LagoAdapter, payment_id
@@ -265,41 +272,119 @@ def test_a_cent_of_tax_rounding_between_fees_and_invoice_is_settled_on_the_lines
     assert reconciles(data)
 
 
-def test_paid_invoice_brings_a_payment_for_what_the_customer_paid() -> None:
+def payments_of(commands: list[Any]) -> list[PaymentData]:
+    return [command for command in commands if isinstance(command, PaymentData)]
+
+
+def test_an_invoice_paid_by_a_payment_record_brings_no_second_payment() -> None:
+    invoice = samples.invoice(samples.customer(), [samples.fee(10000)], payment_status="succeeded")
+    assert invoice["total_paid_amount_cents"] == 12000  # Lago summed the provider's payment record
+    commands = parse(samples.webhook("invoice.payment_status_updated", invoice))
+    assert [type(command) for command in commands] == [InvoiceData]
+    assert (invoice_of(commands).status, invoice_of(commands).amount_paid_minor) == ("paid", 12000)
+
+
+def test_an_invoice_marked_paid_without_a_payment_record_brings_one_payment_for_it() -> None:
     customer = samples.customer(payment_provider="gocardless")
     invoice = samples.invoice(
         customer,
         [samples.fee(10000)],
         payment_status="succeeded",
+        total_paid_amount_cents=0,  # PUT /invoices/{id} with payment_status succeeded: no payment record
         prepaid_credit_amount_cents=2000,
         updated_at="2025-04-02T09:30:00Z",
     )
     commands = parse(samples.webhook("invoice.payment_status_updated", invoice))
     data = invoice_of(commands)
-    [payment] = [command for command in commands if isinstance(command, PaymentData)]
     assert (data.status, data.total_minor, data.amount_paid_minor, data.status_date) == (
         "paid",
         12000,
-        10000,
+        12000,  # 100.00 of cash and 20.00 of prepaid credits
         date(2025, 4, 2),
     )
+    [credits, payment] = payments_of(commands)
     assert payment.source_id == payment_id(invoice["lago_id"]) == f"{invoice['lago_id']}:payment"
     assert (payment.amount_minor, payment.currency, payment.method) == (10000, "USD", "gocardless")
     assert payment.customer_source_id == customer["lago_id"]
     assert payment.settled_at == datetime(2025, 4, 2, 9, 30, tzinfo=UTC)
-    assert [(a.invoice_source_id, a.amount_minor) for a in payment.applications] == [(invoice["lago_id"], 10000)]
-    # A redelivery names the same payment, so it is not counted twice.
-    [_, again] = parse(samples.webhook("invoice.payment_status_updated", invoice))
-    assert again.source_id == payment.source_id
+    assert [(a.invoice_source_id, a.amount_minor, a.from_credit) for a in payment.applications] == [
+        (invoice["lago_id"], 10000, False)
+    ]
+    assert credits.source_id == f"{invoice['lago_id']}:prepaid-credits"
+    # A redelivery names the same payments, so nothing is counted twice.
+    assert [p.source_id for p in payments_of(parse(samples.webhook("invoice.payment_status_updated", invoice)))] == [
+        credits.source_id,
+        payment.source_id,
+    ]
 
 
-def test_invoice_paid_entirely_by_prepaid_credits_brings_no_payment() -> None:
+def test_only_what_no_payment_record_covers_is_paid_from_the_invoice() -> None:
+    invoice = samples.invoice(
+        samples.customer(), [samples.fee(10000)], payment_status="succeeded", total_paid_amount_cents=3000
+    )  # 30.00 recorded as a manual payment, then the invoice marked paid by hand
+    [payment] = payments_of(parse(samples.webhook("invoice.payment_status_updated", invoice)))
+    assert payment.amount_minor == 9000
+
+
+def test_a_partly_paid_invoice_stays_open_with_what_its_payment_records_hold() -> None:
+    invoice = samples.invoice(samples.customer(), [samples.fee(10000)], total_paid_amount_cents=2000)
+    commands = parse(samples.webhook("invoice.created", invoice))
+    assert [type(command) for command in commands] == [InvoiceData]
+    assert (invoice_of(commands).status, invoice_of(commands).amount_paid_minor) == ("open", 2000)
+
+
+def test_invoice_paid_entirely_by_prepaid_credits_settles_it_from_the_customers_credit() -> None:
     invoice = samples.invoice(
         samples.customer(), [samples.fee(10000)], payment_status="succeeded", prepaid_credit_amount_cents=12000
     )
     commands = parse(samples.webhook("invoice.payment_status_updated", invoice))
-    assert [type(command) for command in commands] == [InvoiceData]
-    assert invoice_of(commands).status == "paid"
+    data = invoice_of(commands)
+    [credits] = payments_of(commands)
+    assert (data.status, data.amount_paid_minor) == ("paid", 12000)
+    assert (credits.amount_minor, credits.method, credits.unapplied_is_credit) == (12000, "prepaid_credits", False)
+    assert [(a.invoice_source_id, a.amount_minor, a.from_credit) for a in credits.applications] == [
+        (invoice["lago_id"], 12000, True)
+    ]
+
+
+def test_credit_notes_used_on_an_invoice_settle_it_from_the_customers_credit() -> None:
+    invoice = samples.invoice(samples.customer(), [samples.fee(5000)], credit_notes_amount_cents=1500)
+    commands = parse(samples.webhook("invoice.created", invoice))
+    data = invoice_of(commands)
+    [credits] = payments_of(commands)
+    assert (data.status, data.total_minor, data.amount_paid_minor) == ("open", 6000, 1500)
+    assert credits.source_id == f"{invoice['lago_id']}:credit-notes"
+    assert [(a.amount_minor, a.from_credit) for a in credits.applications] == [(1500, True)]
+    assert credits.settled_at.date() == data.invoice_date
+
+
+def test_free_credits_are_a_discount_line_and_purchased_ones_a_settlement() -> None:
+    invoice = samples.invoice(
+        samples.customer(),
+        [samples.fee(10000)],
+        prepaid_credit_amount_cents=5000,
+        prepaid_granted_credit_amount_cents=2000,
+    )
+    assert invoice["total_amount_cents"] == 7000
+    commands = parse(samples.webhook("invoice.created", invoice))
+    data = invoice_of(commands)
+    assert (data.subtotal_minor, data.tax_minor, data.total_minor, data.amount_paid_minor) == (8000, 2000, 10000, 3000)
+    assert (data.lines[-1].description, data.lines[-1].amount_minor, data.lines[-1].tax_minor) == (
+        "Free credits",
+        -2000,
+        0,
+    )
+    assert reconciles(data)
+    assert data.total_minor - data.amount_paid_minor == invoice["total_amount_cents"]  # what Lago says is due
+    [credits] = payments_of(commands)
+    assert (credits.source_id, credits.amount_minor) == (f"{invoice['lago_id']}:prepaid-credits", 3000)
+
+
+def test_prepaid_credits_that_do_not_add_up_are_refused() -> None:
+    invoice = samples.invoice(samples.customer(), [samples.fee(10000)], prepaid_credit_amount_cents=5000)
+    invoice["prepaid_granted_credit_amount_cents"] = 4000  # 4000 + 5000 purchased != 5000
+    with pytest.raises(InvalidPayload, match="prepaid credits of 5000 cents do not split"):
+        parse(samples.webhook("invoice.created", invoice))
 
 
 def test_failed_payment_leaves_the_invoice_open_without_payment() -> None:
@@ -325,15 +410,138 @@ def test_a_later_invoice_update_has_a_higher_source_version() -> None:
     assert paid.source_version > created.source_version
 
 
-def test_draft_invoices_and_lost_disputes_are_ignored_with_a_reason() -> None:
+def test_voided_invoice_with_money_paid_on_it_is_uncollectible_for_the_unpaid_rest() -> None:
+    invoice = samples.invoice(
+        samples.customer(),
+        [samples.fee(10000)],
+        status="voided",
+        total_paid_amount_cents=4000,
+        voided_at="2025-05-06T12:00:00Z",
+    )
+    commands = parse(samples.webhook("invoice.voided", invoice))
+    data = invoice_of(commands)
+    assert (data.status, data.status_date, data.total_minor, data.amount_paid_minor) == (
+        "uncollectible",
+        date(2025, 5, 6),
+        12000,
+        4000,
+    )
+    assert payments_of(commands) == []  # the payment arrived as its own record
+
+
+def test_draft_invoices_are_ignored_with_a_reason() -> None:
     draft = samples.invoice(samples.customer(), [samples.fee(10000)], status="draft", number="ACME-DRAFT")
     with pytest.raises(IgnoredEvent, match="draft can still change"):
         parse(samples.webhook("invoice.drafted", draft))
     with pytest.raises(IgnoredEvent, match="only finalized and voided invoices are posted"):
         parse(samples.webhook("invoice.created", draft))
-    lost = samples.invoice(samples.customer(), [samples.fee(10000)], payment_status="succeeded", number="ACME-042")
-    with pytest.raises(IgnoredEvent, match="chargeback on invoice ACME-042 in the ERP by hand"):
-        parse(samples.payment_dispute_lost(lost))
+
+
+# --- payments ------------------------------------------------------------------------------------
+
+
+def test_a_provider_payment_is_a_payment_of_its_invoice_named_by_its_lago_id() -> None:
+    customer = samples.customer(payment_provider="stripe")
+    invoice = samples.invoice(customer, [samples.fee(10000)])
+    record = samples.payment(invoice, 12000, paid_at="2025-04-02T09:30:00Z")
+    [payment] = parse(samples.webhook("payment.succeeded", record))
+    assert isinstance(payment, PaymentData)
+    assert (payment.source_id, payment.customer_source_id) == (record["lago_id"], customer["lago_id"])
+    assert (payment.amount_minor, payment.currency, payment.method) == (12000, "USD", "stripe")
+    assert payment.settled_at == datetime(2025, 4, 2, 9, 30, tzinfo=UTC)
+    assert [(a.invoice_source_id, a.amount_minor, a.from_credit) for a in payment.applications] == [
+        (invoice["lago_id"], 12000, False)
+    ]
+    # The receipt Lago issues for the same payment names the same payment: it is counted once.
+    [from_receipt] = parse(samples.webhook("payment_receipt.created", samples.payment_receipt(record)))
+    assert from_receipt == payment
+
+
+def test_manual_partial_payments_from_receipts_are_payments_of_their_own() -> None:
+    invoice = samples.invoice(samples.customer(), [samples.fee(10000)])
+    first = samples.payment(invoice, 2000, manual=True, paid_at="2025-04-02T00:00:00Z")
+    second = samples.payment(invoice, 10000, manual=True, paid_at="2025-04-09T00:00:00Z")
+    parsed = [parse(samples.webhook("payment_receipt.created", samples.payment_receipt(p)))[0] for p in (first, second)]
+    assert [(p.source_id, p.amount_minor, p.method) for p in parsed] == [
+        (first["lago_id"], 2000, "manual"),
+        (second["lago_id"], 10000, "manual"),
+    ]
+    assert parsed[1].settled_at.date() == date(2025, 4, 9)  # the paid_at Lago was given
+
+
+def test_a_receipt_is_named_by_its_payment() -> None:
+    record = samples.payment(samples.invoice(samples.customer(), [samples.fee(100)]), 120)
+    body = samples.body(samples.webhook("payment_receipt.created", samples.payment_receipt(record)))
+    envelope = ADAPTER.verify(body, lowered(samples.headers(body, hmac_key=HMAC_KEY)), [HMAC_KEY])
+    assert (envelope.event_type, envelope.object_id) == ("payment_receipt.created", record["lago_id"])
+
+
+def test_a_payment_not_succeeded_is_not_posted() -> None:
+    record = samples.payment(samples.invoice(samples.customer(), [samples.fee(100)]), 120, payment_status="pending")
+    with pytest.raises(IgnoredEvent, match="only succeeded payments are posted"):
+        parse(samples.webhook("payment.succeeded", record))
+
+
+def test_a_payment_request_over_several_invoices_is_kept_for_finance() -> None:
+    customer = samples.customer()
+    one, two = (samples.invoice(customer, [samples.fee(100)], number=n) for n in ("ACME-101", "ACME-102"))
+    record = samples.payment(one, 240)
+    record.update(
+        invoice_ids=[one["lago_id"], two["lago_id"]],
+        invoice_numbers=["ACME-101", "ACME-102"],
+        payable_type="PaymentRequest",
+    )
+    with pytest.raises(IgnoredEvent, match=r"payment request for 2 invoices \(ACME-101, ACME-102\).*by hand"):
+        parse(samples.webhook("payment.succeeded", record))
+
+
+def test_a_payment_with_float_cents_is_refused_naming_the_field() -> None:
+    record = samples.payment(samples.invoice(samples.customer(), [samples.fee(100)]), 120)
+    record["amount_cents"] = 120.0
+    with pytest.raises(InvalidPayload, match="'amount_cents' must be an integer amount in cents"):
+        parse(samples.webhook("payment.succeeded", record))
+
+
+# --- prepaid credits -----------------------------------------------------------------------------
+
+
+def test_paid_credit_purchase_is_the_customers_credit_not_revenue() -> None:
+    customer = samples.customer(payment_provider="stripe")
+    purchase = samples.credit_purchase_invoice(customer, 3850, payment_status="succeeded")
+    commands = parse(samples.webhook("invoice.payment_status_updated", purchase))
+    assert [type(command) for command in commands] == [CustomerData, PaymentData]
+    credit = commands[1]
+    assert credit.source_id == f"{purchase['lago_id']}:payment"
+    assert (credit.amount_minor, credit.applications, credit.unapplied_is_credit) == (3850, (), True)
+    assert credit.customer_source_id == customer["lago_id"] == commands[0].source_id
+
+
+def test_an_unpaid_credit_purchase_posts_nothing_yet() -> None:
+    purchase = samples.credit_purchase_invoice(samples.customer(), 3850)
+    with pytest.raises(IgnoredEvent, match=r"sells prepaid credits.*once Lago reports it paid"):
+        parse(samples.webhook("invoice.paid_credit_added", purchase))
+
+
+# --- disputes ------------------------------------------------------------------------------------
+
+
+def test_a_lost_dispute_takes_back_what_was_paid_on_the_invoice() -> None:
+    invoice = samples.invoice(samples.customer(), [samples.fee(10000)], payment_status="succeeded", number="ACME-042")
+    [dispute] = parse(samples.payment_dispute_lost(invoice, lost_at="2025-06-03T10:00:00Z"))
+    assert isinstance(dispute, DisputeData)
+    assert (dispute.source_id, dispute.payment_source_id) == (
+        f"{invoice['lago_id']}:dispute",
+        payment_id(invoice["lago_id"]),
+    )
+    assert (dispute.status, dispute.amount_minor, dispute.currency) == ("lost", 12000, "USD")
+    assert dispute.opened_on == dispute.closed_on == date(2025, 6, 3)
+    assert dispute.reason == "Chargeback lost"
+
+
+def test_a_lost_dispute_on_an_invoice_without_payment_moves_no_money() -> None:
+    invoice = samples.invoice(samples.customer(), [samples.fee(10000)], number="ACME-043")
+    with pytest.raises(IgnoredEvent, match="ACME-043, but recorded no payment on it"):
+        parse(samples.payment_dispute_lost(invoice))
 
 
 @pytest.mark.parametrize("webhook_type", ["subscription.started", "credit_note.generated", "invoice.generated"])
@@ -405,3 +613,96 @@ def test_credit_note_with_float_cents_is_refused_naming_the_field() -> None:
     note["refund_amount_cents"] = 1200.0
     with pytest.raises(InvalidPayload, match=r"Credit note .*'refund_amount_cents' must be an integer amount in cents"):
         parse(samples.webhook("credit_note.created", note))
+
+
+# --- through the ledger and the planner ----------------------------------------------------------
+
+
+def receive(client: Client, message: dict[str, Any]) -> str:
+    """Deliver a signed webhook to the lago-us source and normalize it, as the worker would."""
+    payload = samples.body(message)
+    headers = samples.headers(payload, hmac_key=os.environ["LAGO_WEBHOOK_HMAC_KEY"])
+    meta = {f"HTTP_{k.upper().replace('-', '_')}": v for k, v in headers.items() if k != "Content-Type"}
+    response = client.post("/webhooks/lago-us/", data=payload, content_type="application/json", **meta)
+    assert response.status_code == 200, response.content
+    event = InboxEvent.objects.get(source="lago-us", event_id=headers[lago.UNIQUE_KEY_HEADER])
+    return normalize_event(event.pk)
+
+
+def operations(**filters: Any) -> list[str]:
+    return sorted(Posting.objects.filter(source="lago-us", **filters).values_list("operation", flat=True))
+
+
+@pytest.mark.usefixtures("configured")
+def test_a_payment_reported_three_ways_is_applied_once(client: Client) -> None:
+    customer = samples.customer()
+    invoice = samples.invoice(customer, [samples.fee(5000)])
+    record = samples.payment(invoice, 6000)
+    paid = samples.invoice(
+        customer, invoice["fees"], lago_id=invoice["lago_id"], number=invoice["number"], payment_status="succeeded"
+    )
+    receive(client, samples.webhook("invoice.created", invoice))
+    assert receive(client, samples.webhook("payment.succeeded", record)) == InboxStatus.PROCESSED
+    receive(client, samples.webhook("invoice.payment_status_updated", paid))
+    receive(client, samples.webhook("payment_receipt.created", samples.payment_receipt(record)))
+
+    assert list(Payment.objects.filter(source="lago-us").values_list("source_id", "amount_minor")) == [
+        (record["lago_id"], 6000)
+    ]
+    ledger_invoice = Invoice.objects.get(source_id=invoice["lago_id"])
+    assert (ledger_invoice.status, ledger_invoice.amount_paid_minor) == (Invoice.STATUS_PAID, 6000)
+    assert operations(source_id__startswith=record["lago_id"]) == [Operation.APPLY_PAYMENT]
+
+
+@pytest.mark.usefixtures("configured")
+def test_prepaid_credits_are_received_as_customer_credit_and_applied_from_it(client: Client) -> None:
+    customer = samples.customer()
+    purchase = samples.credit_purchase_invoice(customer, 3850)
+    assert receive(client, samples.webhook("invoice.paid_credit_added", purchase)) == InboxStatus.IGNORED
+    paid_purchase = samples.credit_purchase_invoice(
+        customer, 3850, lago_id=purchase["lago_id"], number=purchase["number"], payment_status="succeeded"
+    )
+    record = samples.payment(paid_purchase, 3850)
+    receive(client, samples.webhook("payment.succeeded", record))
+    receive(client, samples.webhook("invoice.payment_status_updated", paid_purchase))
+    credit = Payment.objects.get(source_id=f"{purchase['lago_id']}:payment")
+    assert credit.on_account_minor == 3850
+    assert operations(payment=credit) == [Operation.RECEIVE_ON_ACCOUNT]
+    assert not Invoice.objects.filter(source_id=purchase["lago_id"]).exists()  # not a sale
+    # The provider's record of that payment names an invoice the ledger never holds: it is kept, not posted.
+    assert not Posting.objects.filter(source_id__startswith=record["lago_id"]).exists()
+
+    following = samples.invoice(customer, [samples.fee(4900), samples.fee(1250)], prepaid_credit_amount_cents=3850)
+    receive(client, samples.webhook("invoice.created", following))
+    application = PaymentApplication.objects.get(invoice__source_id=following["lago_id"])
+    assert (application.from_credit, application.amount_minor) == (True, 3850)
+    assert operations(payment_application=application) == [Operation.APPLY_CREDIT]
+
+
+@pytest.mark.usefixtures("configured")
+def test_a_lost_dispute_plans_the_withdrawal_and_the_loss(client: Client) -> None:
+    invoice = samples.invoice(samples.customer(), [samples.fee(5000)], payment_status="succeeded")
+    receive(client, samples.payment_dispute_lost(invoice))
+    dispute = Dispute.objects.get(source_id=f"{invoice['lago_id']}:dispute")
+    assert (dispute.status, dispute.amount_minor, dispute.legal_entity.code) == ("lost", 6000, "US01")
+    assert operations(dispute=dispute) == sorted([Operation.WITHDRAW_DISPUTED_FUNDS, Operation.LOSE_DISPUTE])
+
+
+@pytest.mark.usefixtures("configured")
+def test_an_invoice_voided_after_a_partial_payment_plans_a_write_off(client: Client) -> None:
+    customer = samples.customer()
+    invoice = samples.invoice(customer, [samples.fee(5000)])
+    receive(client, samples.webhook("invoice.created", invoice))
+    voided = samples.invoice(
+        customer,
+        invoice["fees"],
+        lago_id=invoice["lago_id"],
+        number=invoice["number"],
+        status="voided",
+        total_paid_amount_cents=2000,
+        updated_at=samples.timestamp(datetime.now(UTC) + timedelta(seconds=5)),
+    )
+    receive(client, samples.webhook("invoice.voided", voided))
+    ledger_invoice = Invoice.objects.get(source_id=invoice["lago_id"])
+    assert (ledger_invoice.status, ledger_invoice.amount_paid_minor) == (Invoice.STATUS_UNCOLLECTIBLE, 2000)
+    assert operations(invoice=ledger_invoice) == sorted([Operation.POST_INVOICE, Operation.WRITE_OFF])
