@@ -48,7 +48,8 @@ Mapping (``<object_type>.<event_type>``):
   code; the product is the plan (else the item).
 - ``payment.succeeded`` → PaymentData for a collected purchase/capture transaction (status
   ``success``, or ``chargeback``: collected, then taken back, which is posted as a dispute), applied
-  to its invoice; the invoice is read too, to know whether it is a prepayment. ``payment.refunded`` (a
+  to its invoice, and the invoice as the payment left it (InvoiceData: what is still owed after a
+  partial payment), unless that invoice is a prepayment. ``payment.refunded`` (a
   refund transaction) → the credit invoice it belongs to, or the dispute when it is a chargeback.
 - ``credit_invoice.created|processing|closed|voided|reopened|opened|updated`` and
   ``credit_payment.created|voided`` → CreditMemoData for the credit invoice (amounts positive;
@@ -1078,9 +1079,11 @@ def parse_notification(notification: Mapping[str, Any], api_factory: Callable[[]
         txn = api.transaction(_subject(notification))
         if txn.get("type") != "refund":
             invoice = _mini(txn, "invoice")
-            # Read the invoice to tell a prepayment (the customer's credit) from a sale it pays.
-            readable = _is_collected_payment(txn) and _text(invoice.get("id")) and invoice.get("type") != "credit"
-            return [payment_from_transaction(txn, api.invoice(_text(invoice["id"])) if readable else None)]
+            if not (_is_collected_payment(txn) and _text(invoice.get("id")) and invoice.get("type") != "credit"):
+                return [payment_from_transaction(txn)]  # raises IgnoredEvent for what is not a payment
+            # The invoice as the payment left it (what is still owed), or a prepayment: the customer's credit.
+            paid = api.invoice(_text(invoice["id"]))
+            return [*([] if is_prepayment(paid) else [invoice_from_object(paid)]), payment_from_transaction(txn, paid)]
         if txn.get("status") not in _COLLECTED:
             raise IgnoredEvent(
                 f"Recurly refund transaction {txn.get('id')} has status {txn.get('status')!r}; "

@@ -387,7 +387,9 @@ def test_a_successful_payment_is_applied_to_the_invoice_it_paid(adapter: Recurly
         updated_at="2025-03-02T08:00:01Z",
     )
     sim.put(invoice, txn)
-    payment = only(parse(adapter, "payment", "succeeded", txn), PaymentData)
+    paid, payment = parse(adapter, "payment", "succeeded", txn)
+    assert isinstance(paid, InvoiceData) and isinstance(payment, PaymentData)
+    assert (paid.source_id, paid.status, paid.amount_paid_minor) == (invoice["id"], "paid", 10493)
     assert (payment.source_id, payment.customer_source_id, payment.currency) == (txn["id"], "acme-42", "USD")
     assert (payment.amount_minor, payment.method) == (10493, "paypal_billing_agreement")
     assert payment.settled_at == datetime(2025, 3, 2, 8, 0, tzinfo=UTC)
@@ -403,7 +405,7 @@ def test_a_payment_is_found_by_uuid_when_the_notification_has_no_id(
     txn = samples.transaction(account, invoice, "104.93")
     sim.put(invoice, txn)
     message = {**samples.notification("payment", "succeeded", txn), "id": ""}
-    assert only(adapter.parse(samples.body(message)), PaymentData).source_id == txn["id"]
+    assert adapter.parse(samples.body(message))[-1].source_id == txn["id"]
     assert sim.requests == [f"/transactions/uuid-{txn['uuid']}", f"/invoices/{invoice['id']}"]
 
 
@@ -632,6 +634,8 @@ def test_an_invoice_notification_posts_the_payments_the_invoice_carries(
     assert (data.status, data.total_minor, data.amount_paid_minor) == ("open", 6150, 2000)
     assert (payment.source_id, payment.method, payment.amount_minor) == (first["id"], "check", 2000)
     assert [(a.invoice_source_id, a.amount_minor) for a in payment.applications] == [(invoice["id"], 2000)]
+    sim.put(first)  # the payment's own notification: the invoice as the payment left it, and the payment
+    assert parse(adapter, "payment", "succeeded", first) == [data, payment]
 
     declined = samples.transaction(account, invoice, "41.50", status="declined")
     second = samples.external_payment(account, invoice, "41.50")
@@ -647,7 +651,7 @@ def test_a_purchase_later_charged_back_is_still_a_payment(adapter: RecurlyAdapte
     invoice = acme_invoice(account, state="paid")
     txn = {**samples.transaction(account, invoice, "104.93"), "status": "chargeback"}
     sim.put(invoice, txn)
-    payment = only(parse(adapter, "payment", "succeeded", txn), PaymentData)
+    _, payment = parse(adapter, "payment", "succeeded", txn)
     assert (payment.amount_minor, payment.applications[0].invoice_source_id) == (10493, invoice["id"])
 
 
