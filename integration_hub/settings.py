@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "apps.ingest",
     "apps.console",
     "apps.flow",
+    "apps.validation",
 ]
 
 MIDDLEWARE = [
@@ -131,8 +132,9 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "Integration hub API",
     "DESCRIPTION": (
-        "The canonical events API for billing engines without an adapter (with its JSON Schemas), and flow "
-        "control per ERP connection: state, pause and resume, circuit, maintenance windows."
+        "The canonical events API for billing engines without an adapter (with its JSON Schemas); the "
+        "validation API billing calls before finalizing an invoice (customer account, ERP dimension, tax code); "
+        "and flow control per ERP connection: state, pause and resume, circuit, maintenance windows."
     ),
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
@@ -202,6 +204,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(os.environ.get("HUB_SWEEP_SECONDS", "30")),
     },
     "exception-digest": {"task": "console.send_digest", "schedule": crontab(hour=7, minute=0)},
+    # The validation API's cache of what each ERP holds (customers, tax codes, dimension values).
+    "refresh-validation-cache": {
+        "task": "validation.refresh_reference_data",
+        "schedule": float(os.environ.get("HUB_VALIDATION_REFRESH_SECONDS", "900")),
+    },
 }
 
 # --- The hub ------------------------------------------------------------------------------------

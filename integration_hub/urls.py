@@ -12,5 +12,6 @@ urlpatterns = [
     # The versioned REST API; apps/flow/api.py documents authentication and permissions.
     path("api/v1/", include("apps.flow.api")),
     path("api/v1/", include("apps.ingest.api")),
+    path("api/v1/", include("apps.validation.api")),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),
 ]

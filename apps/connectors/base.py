@@ -24,6 +24,7 @@ from apps.connectors.documents import (
     OnAccountDocument,
     PaymentDocument,
     PostResult,
+    ReferenceItem,
     RefundDocument,
     VoidDocument,
     WriteOffDocument,
@@ -127,6 +128,11 @@ class ERPConnector(abc.ABC):
         Returns the result only when the work is complete (for an invoice: posted). Used after an
         ``UncertainOutcome`` before anything is sent again.
         """
+
+    def reference_data(self) -> list[ReferenceItem]:
+        """Customers, tax codes and dimension values the ERP holds, for the validation API's
+        cache. Optional: a connector without it answers validations from the hub's own data only."""
+        raise NotImplementedError
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release sessions or sockets."""

@@ -238,3 +238,16 @@ class PostResult:
     erp_id: str
     erp_number: str = ""
     detail: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReferenceItem:
+    """One entry of what the ERP holds that billing may check before finalizing an invoice: a
+    customer account, a tax code, or a value of one accounting dimension (department, account,
+    payment journal, ...). Read by ``ERPConnector.reference_data`` into the validation cache."""
+
+    kind: str  # customer | tax_code | dimension
+    code: str  # the identifier billing and the mappings use: a customer's external ref, a tax code, ...
+    name: str = ""
+    dimension: str = ""  # for kind ``dimension``: which one
+    active: bool = True

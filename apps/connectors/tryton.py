@@ -51,6 +51,7 @@ from apps.connectors.documents import (
     OnAccountDocument,
     PaymentDocument,
     PostResult,
+    ReferenceItem,
     RefundDocument,
     VoidDocument,
     WriteOffDocument,
@@ -345,6 +346,29 @@ class TrytonConnector(ERPConnector):
             message=f"The currency {currency} is not set up in Tryton. "
             "Ask the ERP administrator to add it, then retry.",
         )
+
+    def reference_data(self) -> list[ReferenceItem]:
+        """Customers by the hub's party code, taxes by name, open accounts by code and payment
+        methods by name (the values the connection's mappings point at)."""
+        items = [
+            ReferenceItem("customer", str(party["code"]), str(party["name"] or ""))
+            for party in self._search_read("party.party", [["code", "!=", None]], ["code", "name"])
+        ]
+        items += [
+            ReferenceItem("tax_code", str(tax["name"]), str(tax["description"] or ""))
+            for tax in self._search_read("account.tax", [], ["name", "description"])
+        ]
+        items += [
+            ReferenceItem("dimension", str(account["code"]), str(account["name"] or ""), dimension="account")
+            for account in self._search_read(
+                "account.account", [["code", "!=", None], ["closed", "!=", True]], ["code", "name"]
+            )
+        ]
+        items += [
+            ReferenceItem("dimension", str(method["name"]), str(method["name"]), dimension="payment_journal")
+            for method in self._search_read("account.invoice.payment.method", [], ["name"])
+        ]
+        return items
 
     def find_document(self, operation: str, external_ref: str) -> PostResult | None:
         if operation == OPERATION_ENSURE_CUSTOMER:
