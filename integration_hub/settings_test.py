@@ -18,6 +18,7 @@ os.environ.setdefault("HUB_CANONICAL_API_SECRET", "canonical_test_secret")
 os.environ.setdefault("CHARGEBEE_WEBHOOK_CREDENTIALS", "hub:chargebee-test-password")
 os.environ.setdefault("LAGO_WEBHOOK_HMAC_KEY", "lago_test_hmac_key")
 os.environ.setdefault("STRIPE_API_KEY", "sk_test_hub_writeback")  # writeback, against tests/stripe_simulator.py
+os.environ.setdefault("CHARGEBEE_API_KEY", "test_hub_chargebee_writeback")  # tests/chargebee_simulator.py
 os.environ.setdefault("RECURLY_WEBHOOK_KEY", "recurly_test_signature_key")
 os.environ.setdefault("RECURLY_API_KEY", "sim-recurly-private-key")  # tests/recurly_simulator.py
 # The test web processes are runserver, one thread per request: a persistent connection per
