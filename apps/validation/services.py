@@ -8,6 +8,7 @@ legal entity's checks go to is decided by the routing rules, as for its invoices
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -126,17 +127,36 @@ def refresh_all() -> dict[str, str]:
 # --- checks ------------------------------------------------------------------------------------
 
 
-def _connection(legal_entity_code: str, currency: str = "") -> tuple[LegalEntity, ERPConnection, ReferenceRefresh]:
+# Where a legal entity's checks go, kept for a few seconds per process: a check answers in a few
+# milliseconds, and evaluating the routing rules for each one would cost more than the check. A rule
+# change reaches the answers within ``ROUTE_MEMO_SECONDS``; the cache's own state is read every time.
+ROUTE_MEMO_SECONDS = 10.0
+_memo: dict[str, tuple[float, LegalEntity, ERPConnection]] = {}
+
+
+def _route(legal_entity_code: str) -> tuple[LegalEntity, ERPConnection]:
+    now = time.monotonic()
+    held = _memo.get(legal_entity_code)
+    if held is not None and now - held[0] < ROUTE_MEMO_SECONDS:
+        return held[1], held[2]
     entity = LegalEntity.objects.filter(code=legal_entity_code).first()
     if entity is None:
         raise CannotValidate(f"No legal entity has the code '{legal_entity_code}'.", status=404)
-    facts = RouteFacts(
-        RoutingRule.TYPE_INVOICE, entity, entity.country, currency=currency or entity.base_currency, document="checks"
-    )
+    facts = RouteFacts(RoutingRule.TYPE_INVOICE, entity, entity.country, currency=entity.base_currency)
     try:
         connection = routes(facts).connections[0]
     except NoRoute as exc:
         raise CannotValidate(str(exc)) from exc
+    _memo[legal_entity_code] = (now, entity, connection)
+    return entity, connection
+
+
+def forget_routes() -> None:
+    _memo.clear()
+
+
+def _connection(legal_entity_code: str) -> tuple[LegalEntity, ERPConnection, ReferenceRefresh]:
+    entity, connection = _route(legal_entity_code)
     state = ReferenceRefresh.objects.filter(connection=connection, refreshed_at__isnull=False).first()
     if state is None:
         raise CannotValidate(
