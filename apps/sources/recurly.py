@@ -67,8 +67,8 @@ How Recurly's concepts meet the hub's worked examples:
 - Void: API v3 voids credit invoices only; a charge invoice issued in error is cancelled with an
   open-amount refund, a credit invoice (origin ``open_amount_refund``) for the whole open amount. The
   hub posts it as a credit note, which the ERP reconciles with the invoice: the receivable is zero,
-  as after a void. A charge invoice in the API's ``voided`` state is
-  ``void`` and cancelled in the ERP.
+  as after a void, but the ERP invoice ends paid by the credit note rather than cancelled. A charge
+  invoice in the API's ``voided`` state is ``void`` and cancelled in the ERP.
 - Over-payment and customer credit: Recurly never takes more than an invoice's balance (an external
   payment cannot exceed it, a card is charged the balance). Cash paid ahead is a prepayment
   ("prepaid account balance"): a charge invoice whose lines have origin ``prepayment``, paid by a
@@ -78,7 +78,8 @@ How Recurly's concepts meet the hub's worked examples:
   same payment settling the invoice from the credit (``apply_credit``). The credit invoice is linked
   to its prepayment invoice by ``previous_invoice_id`` or its lines' ``original_line_item_invoice_id``;
   one with neither is not posted, with that reason. A credit payment voided later (its invoice
-  failed) is not taken back in the ERP: finance reverses it there.
+  failed) is not taken back in the ERP, and prepaid credit refunded to the card (a credit payment of
+  action ``refund``) is not posted: finance records both in the ERP by hand.
 - Disputes: Recurly learns of a chargeback only when it is final and lost (Chargeback management for
   cards, Adyen, Chase and Stripe gateways): it then creates an external refund credit invoice and a
   refund transaction of origin ``chargeback``. The hub posts that as a dispute that is lost (funds
