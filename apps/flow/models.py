@@ -18,6 +18,9 @@ DEFAULT_BUDGETS: dict[str, tuple[int, int, int]] = {
     "xero": (60, 60, 5),  # 60 calls per minute, 5 concurrent per tenant
     "sap_s4hana": (50, 1, 8),  # OData: no fixed public limit; a conservative default
     "stripe": (25, 1, 5),  # writeback: Stripe allows 100 operations/s live and 25/s in test mode
+    # writeback: Lago Cloud allows 50 requests/s per organization, shared with its other clients; one
+    # at a time, since an update replaces an invoice's whole metadata list (read, then write)
+    "lago": (20, 1, 1),
     # writeback: a sandbox site allows 400 requests a minute; one at a time, as a PUT replaces the notes whole
     "recurly": (400, 60, 1),
     "chargebee": (150, 60, 5),  # writeback: 150 requests per minute on test sites and Starter live sites
