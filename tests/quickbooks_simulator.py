@@ -36,11 +36,12 @@ payment's unapplied amount, the customer's receivable (``customer_balance``) and
 any account (``account_balance``, debit positive), so tests compare them with billing.
 
 Faults on demand, for the next writes in order (``fail_next``): ``500`` (refused before anything
-is done), ``503``, ``429`` (with ``Retry-After``), ``stale`` (5010), ``401`` (the access token is
-revoked), ``timeout_after_commit`` (done, then the answer is held back past the client's read
-timeout) and ``forget_requestid`` (this request's ``requestid`` is not recognised: the duplicate
-that field reports say ``requestid`` alone has let through). ``fail_next_read`` does the same for
-queries and reads. ``books_closed_through`` closes the books up to a date.
+is done), ``503``, ``429`` (with ``Retry-After``), ``stale`` (a person edits the document first, so
+its ``SyncToken`` moves and the write meets 5010), ``401`` (the access token is revoked),
+``timeout_after_commit`` (done, then the answer is held back past the client's read timeout) and
+``forget_requestid`` (this request's ``requestid`` is not recognised: the duplicate that field
+reports say ``requestid`` alone has let through). ``fail_next_read`` does the same for queries and
+reads. ``books_closed_through`` closes the books up to a date.
 
 Divergences worth knowing: one home currency (USD) plus the currencies listed as enabled, no
 exchange rates; sales tax is whatever ``TxnTaxDetail.TotalTax`` says (the override QuickBooks
@@ -183,6 +184,18 @@ class Fault(Exception):
                 "type": kind or "ValidationFault",
             }
         }
+
+
+def _date(value: Any, element: str) -> date:
+    try:
+        return date.fromisoformat(str(value))
+    except ValueError as exc:
+        raise Fault(
+            "2010",
+            "Request has invalid or unsupported property",
+            f"{element}: {value!r} is not a date (yyyy-mm-dd)",
+            element,
+        ) from exc
 
 
 def _drop_subtotals(record: dict[str, Any]) -> None:
@@ -523,13 +536,7 @@ class QuickBooksSimulator:
                 status, body = 200, self._read(record.entity, parts)
             else:
                 if fault == "stale":
-                    raise Fault(
-                        "5010",
-                        "Stale Object Error",
-                        "Stale Object Error : You and another user were "
-                        "working on this at the same time. The other user finished first, so your work "
-                        "was not saved.",
-                    )
+                    self._edited_meanwhile(record.entity, record.body)
                 status, body = 200, self._write(record.entity, parts, record.params, record.body)
                 record.committed = True
         except Fault as exc:
@@ -544,6 +551,14 @@ class QuickBooksSimulator:
             record.status = status
             time.sleep(self.hang_seconds)
         self._answer(handler, record, status, payload, fault_code=record.fault_code)
+
+    def _edited_meanwhile(self, segment: str, body: Any) -> None:
+        """Someone changed the document in QuickBooks since the client read it: its SyncToken moved."""
+        entity = _ENTITIES.get(segment)
+        with self._lock:
+            record = self.store[entity].get(str(body.get("Id"))) if entity and isinstance(body, dict) else None
+            if record is not None:
+                record["SyncToken"] = str(int(record["SyncToken"]) + 1)
 
     def _throttle(self, handler: BaseHTTPRequestHandler, record: Recorded, wait: float) -> None:
         body = {
@@ -783,7 +798,7 @@ class QuickBooksSimulator:
     def _check_period(self, entity: str, values: dict[str, Any]) -> None:
         if entity == "Customer" or self.books_closed_through is None:
             return
-        txn_date = date.fromisoformat(str(values.get("TxnDate") or date.today().isoformat()))
+        txn_date = _date(values.get("TxnDate") or date.today().isoformat(), "TxnDate")
         if txn_date <= self.books_closed_through:
             raise Fault(
                 "6210",
@@ -996,14 +1011,14 @@ class QuickBooksSimulator:
                     "Line.Amount",
                 )
             if "ServiceDate" in detail:
-                date.fromisoformat(detail["ServiceDate"])
+                _date(detail["ServiceDate"], "ServiceDate")
         tax = body.get("TxnTaxDetail")
         if tax is not None:
             self._known(tax, {"TotalTax", "TxnTaxCodeRef", "TaxLine"}, "TxnTaxDetail")
             self._amount(tax.get("TotalTax", Decimal(0)), "TxnTaxDetail.TotalTax")
         for key in ("TxnDate", "DueDate"):
             if key in body:
-                date.fromisoformat(body[key])
+                _date(body[key], key)
         del entity
 
     def _validate_invoice(self, body: dict[str, Any]) -> None:
