@@ -2,6 +2,10 @@
 hub document as a journal entry posted through the synchronous SOAP service *Journal Entry - Post*
 (``JournalEntryCreateRequestConfirmation_In``, communication scenario SAP_COM_0002), read back
 through the OData service *Operational Journal Entry Item - Read* (``API_OPLACCTGDOCITEMCUBE_SRV``).
+The tenant's communication arrangements must grant the communication user (or OAuth client) all
+three: SAP_COM_0008 (business partners), SAP_COM_0002 (journal entry posting) and the scenario
+that exposes the journal entry item read service; a service not granted answers 403, which parks
+postings for engineers (``ConfigurationError``).
 
 Settings (``ERPConnection.settings``, secrets as ``env:`` references):
 
