@@ -270,7 +270,7 @@ class NetSuiteSimulator:
 
     def __post_init__(self) -> None:
         self._lock = threading.RLock()
-        self._faults: list[str] = []
+        self._faults: list[tuple[str, str]] = []
         self._tokens: dict[str, float] = {}
         self._nonces: set[tuple[str, str]] = set()
         self._ids = itertools.count(1001)
@@ -345,11 +345,11 @@ class NetSuiteSimulator:
             **extra,
         }
 
-    def fail_next(self, *modes: str) -> None:
-        """For the next writes, in order: ``503``, ``500``, ``429``, ``429:<seconds>``,
-        ``timeout_after_commit``, ``500_after_commit``."""
+    def fail_next(self, *modes: str, on: str = "") -> None:
+        """For the next writes (to the record type ``on`` only, when given), in order: ``503``,
+        ``500``, ``429``, ``429:<seconds>``, ``timeout_after_commit``, ``500_after_commit``."""
         with self._lock:
-            self._faults.extend(modes)
+            self._faults.extend((mode, on) for mode in modes)
 
     def expire_tokens(self) -> None:
         with self._lock:
@@ -408,8 +408,10 @@ class NetSuiteSimulator:
         writes = method in ("PUT", "POST", "PATCH")
         fault = ""
         if writes:
+            target = parts.path.removeprefix(RECORD_PREFIX).split("/")[0]
             with self._lock:
-                fault = self._faults.pop(0) if self._faults else ""
+                index = next((n for n, (_, on) in enumerate(self._faults) if on in ("", target)), None)
+                fault = self._faults.pop(index)[0] if index is not None else ""
         if fault in ("503", "500") or fault.startswith("429"):
             return self._answer(handler, record, *self._fault(fault))
         try:
