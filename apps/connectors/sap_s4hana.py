@@ -80,7 +80,7 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -341,7 +341,7 @@ class SapHttp:
     expires), the CSRF token and session cookies OData writes need, and the classification of
     transport failures."""
 
-    def __init__(self, settings: dict[str, Any], pace: Any) -> None:
+    def __init__(self, settings: dict[str, Any], pace: Callable[[], None]) -> None:
         self.base_url = str(settings["base_url"]).rstrip("/")
         timeout = float(settings.get("timeout", 60))
         self.timeout = (min(10.0, timeout), timeout)
@@ -733,11 +733,10 @@ class S4HanaConnector(ERPConnector):
             return found.result("found") if found else None
         raise ConfigurationError(f"the SAP S/4HANA connector does not know the operation {operation!r}")
 
-    def _odata_get(self, path: str, params: dict[str, str], correlation_id: str = "") -> dict[str, Any]:
-        headers = {"Accept": "application/json"}
-        if correlation_id:
-            headers["X-Correlation-ID"] = correlation_id
-        response = self.http.request("GET", path, writes=False, params={**params, "$format": "json"}, headers=headers)
+    def _odata_get(self, path: str, params: dict[str, str]) -> dict[str, Any]:
+        response = self.http.request(
+            "GET", path, writes=False, params={**params, "$format": "json"}, headers={"Accept": "application/json"}
+        )
         where = f"GET {path}"
         _raise_for_transport(response, where, writes=False)
         if response.status_code != 200:
@@ -781,7 +780,7 @@ class S4HanaConnector(ERPConnector):
             )
         return found[0] if found else None
 
-    def _entry(self, erp_id: str, what: str) -> _Found:
+    def _read_entry(self, erp_id: str, what: str) -> _Found:
         key = JournalKey.parse(erp_id)
         found = self._entries(
             self._journal_rows(
@@ -1096,7 +1095,7 @@ class S4HanaConnector(ERPConnector):
             return existing.result("already posted")
         company = self._company_code(doc.dimensions, f"{kind.lower()} {doc.number}")
         if isinstance(doc, CreditMemoDocument):
-            invoice = self._entry(doc.invoice_erp_id, f"invoice {doc.invoice_ref}")
+            invoice = self._read_entry(doc.invoice_erp_id, f"invoice {doc.invoice_ref}")
             company, group = invoice.key.company_code, invoice.group
             document_type = self._document_type("credit_memo")
         else:
@@ -1168,7 +1167,7 @@ class S4HanaConnector(ERPConnector):
         existing = self._find_entry(doc.external_ref)
         if existing is not None:
             return existing.result("already applied")
-        invoice = self._entry(doc.invoice_erp_id, f"invoice {doc.invoice_ref}")
+        invoice = self._read_entry(doc.invoice_erp_id, f"invoice {doc.invoice_ref}")
         amount = to_decimal(doc.amount_minor, doc.currency)
         self._require_open(invoice, amount, doc.currency, "payment")
         currency = doc.erp_currency or doc.currency
@@ -1218,7 +1217,7 @@ class S4HanaConnector(ERPConnector):
         existing = self._find_entry(doc.external_ref)
         if existing is not None:
             return existing.result("already refunded")
-        memo = self._entry(doc.credit_memo_erp_id, f"credit note {doc.credit_memo_ref}")
+        memo = self._read_entry(doc.credit_memo_erp_id, f"credit note {doc.credit_memo_ref}")
         amount = to_decimal(doc.amount_minor, doc.currency)
         owed = -self._group_open(memo.key.company_code, memo.group)
         if amount > owed:
@@ -1278,7 +1277,7 @@ class S4HanaConnector(ERPConnector):
         existing = self._find_entry(doc.external_ref)
         if existing is not None:
             return existing.result("already applied from credit")
-        invoice = self._entry(doc.invoice_erp_id, f"invoice {doc.invoice_ref}")
+        invoice = self._read_entry(doc.invoice_erp_id, f"invoice {doc.invoice_ref}")
         amount = to_decimal(doc.amount_minor, doc.currency)
         self._require_open(invoice, amount, doc.currency, "customer credit")
         payment_ref = doc.external_ref.rsplit(":", 1)[0]
@@ -1306,7 +1305,7 @@ class S4HanaConnector(ERPConnector):
         existing = self._find_entry(doc.external_ref)
         if existing is not None:
             return existing.result("already voided")
-        original = self._entry(doc.invoice_erp_id, f"document {doc.invoice_ref}")
+        original = self._read_entry(doc.invoice_erp_id, f"document {doc.invoice_ref}")
         what = f"{'credit note' if original.receivable < 0 else 'invoice'} {doc.number or doc.invoice_ref}"
         if original.receivable < 0:
             refunded = self._find_entry(doc.invoice_ref + REFUND_SUFFIX)
@@ -1378,7 +1377,7 @@ class S4HanaConnector(ERPConnector):
         existing = self._find_entry(doc.external_ref)
         if existing is not None:
             return existing.result("already written off")
-        invoice = self._entry(doc.invoice_erp_id, f"invoice {doc.invoice_ref}")
+        invoice = self._read_entry(doc.invoice_erp_id, f"invoice {doc.invoice_ref}")
         expected = to_decimal(doc.amount_minor, doc.currency)
         open_amount = self._group_open(invoice.key.company_code, invoice.group)
         if open_amount > expected:
