@@ -763,7 +763,7 @@ class NetSuiteConnector(ERPConnector):
             action = "created"
         else:
             body = {}
-            if existing.get("companyName") != name:
+            if doc.name and existing.get("companyName") != name:
                 body["companyName"] = name
             if doc.email and existing.get("email") != doc.email:
                 body["email"] = doc.email

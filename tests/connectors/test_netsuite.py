@@ -219,7 +219,10 @@ def test_customer_is_upserted_by_external_id_once_with_subsidiary_currency_and_a
         CustomerDocument(external_ref=external_ref, name="ACME Corporation", dimensions=DIMENSIONS, erp_currency=USD)
     )
 
-    assert renamed.erp_id == again.erp_id == erp_id and again.detail["action"] == "unchanged"
+    nameless = connector.ensure_customer(CustomerDocument(external_ref=external_ref, name="", dimensions=DIMENSIONS))
+
+    assert renamed.erp_id == again.erp_id == nameless.erp_id == erp_id
+    assert again.detail["action"] == nameless.detail["action"] == "unchanged"
     assert body(sent(sim, "PUT", "customer")[1]) == {"companyName": "ACME Corporation"}  # the address is left alone
     assert len(sent(sim, "PUT", "customer")) == 2
     [record] = sim.all("customer")
@@ -320,6 +323,21 @@ def test_an_item_or_tax_code_netsuite_does_not_have_names_the_mapping_to_fix(
     assert "Correct the item mapping" in unknown_item.value.finance_message
     assert (unknown_tax.value.code, unknown_tax.value.params["value"]) == ("unknown_tax_code", "398")
     assert (unknown_currency.value.code, unknown_currency.value.params["value"]) == ("unknown_currency", "77")
+    assert sim.all("invoice") == []
+
+
+def test_a_body_netsuite_cannot_read_is_parked_for_engineers_not_finance(
+    sim: NetSuiteSimulator, connector: NetSuiteConnector
+) -> None:
+    """The simulator answers a wrong shape the way NetSuite does (400 INVALID_CONTENT), so a connector
+    that sent a read-only field or a bare id instead of a reference would fail these contract tests."""
+    _, customer_id = customer(connector)
+    invoice = ref("in")
+    for wrong in ({"entity": {"id": customer_id}, "total": Decimal("64.00")}, {"entity": customer_id}):
+        with pytest.raises(ConfigurationError) as refused:
+            connector._upsert("invoice", invoice, wrong)
+        assert refused.value.code == "schema_mismatch" and refused.value.status == 400
+        assert '"o:errorCode": "INVALID_CONTENT"' in refused.value.body_excerpt
     assert sim.all("invoice") == []
 
 
