@@ -649,6 +649,7 @@ class XeroConnector(ERPConnector):
         return live[0] if live else None
 
     def find_document(self, operation: str, external_ref: str) -> PostResult | None:
+        self._begin("")
         if operation == OPERATION_ENSURE_CUSTOMER:
             contact = self._find_contact(external_ref)
             return PostResult(str(contact["ContactID"]), contact_number(external_ref)) if contact else None
