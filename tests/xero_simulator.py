@@ -4,15 +4,21 @@ HTTP (a thread) so ``XeroConnector`` runs unchanged against it.
 Written from Xero's public API description: the OpenAPI file ``xero_accounting.yaml`` of
 XeroAPI/Xero-OpenAPI (paths, request and response shapes, the ``Idempotency-Key`` header of at
 most 128 characters, the ``xero-tenant-id`` header, the ``Error``/``Element``/``ValidationError``
-400 body), ``xero-identity.yaml`` and the custom-connection guide (client credentials at
-``/connect/token``, 30-minute tokens), the API limits page (60 calls a minute, 5 at once and a day
-quota per organisation; ``X-DayLimit-Remaining``, ``X-MinLimit-Remaining``,
-``X-AppMinLimit-Remaining`` on every answer; 429 with ``Retry-After`` and ``X-Rate-Limit-Problem``),
-the idempotency guide (a key is kept for a few minutes; its answer, an error included, is replayed;
-the same key with another request is refused), and the documents' rules on the Invoices,
-CreditNotes, Payments, Overpayments, BankTransactions and ManualJournals pages (a voided invoice
-has no payments or allocations; a credit note or an overpayment is allocated to an invoice; a
-manual journal balances and takes no bank or system account; the period lock date).
+400 body, the ``where`` parameter), its ``xero-identity.yaml`` (the token response) and the
+client-credentials request XeroAPI/xero-python sends for custom connections; Xero's API limits
+FAQ (developer.xero.com/faq/limits: 60 calls a minute, 5 at once and a day quota per organisation,
+``X-DayLimit-Remaining``, ``X-MinLimit-Remaining`` and ``X-AppMinLimit-Remaining`` on every answer,
+429 when one is spent, with ``Retry-After`` and ``X-Rate-Limit-Problem``); Xero's idempotency
+guide as integrators quote it (a key is kept about six minutes, errors included; the same key
+with another request is refused); and refusal messages as Xero words them in integrators' code
+and issue threads ("The document date cannot be before the period lock date of ...", "Payment
+amount exceeds the amount outstanding on this document", "The contact name ... is already assigned
+to another contact. ...", "This document cannot be edited as it has a payment or credit note
+allocated to it.", "Account code '...' is not a valid code for this document."). Documents follow
+the rules of the Invoices, CreditNotes, Payments, Overpayments, BankTransactions and
+ManualJournals pages: a voided invoice has no payments or allocations; a credit note or an
+overpayment is allocated to an invoice; a manual journal balances and takes no bank or system
+account; nothing is approved, paid, allocated or journaled on or before the period lock date.
 
 What it answers like Xero: ``POST /connect/token`` (HTTP Basic or form client credentials;
 ``{"error": "invalid_client"}`` when refused), ``/api.xro/2.0/<Resource>`` with a Bearer token
@@ -27,10 +33,12 @@ It keeps a general ledger (``journal``) of everything it holds, so a test can re
 books say: ``receivable(contact_id)`` (the customer's accounts-receivable balance) and
 ``account_balance(code)``.
 
-Faults on demand: ``fail_next(*modes)`` for the next writes: ``500`` (answered, and kept under
-the idempotency key like Xero does), ``503``, ``429`` (minute limit, ``Retry-After``), and
-``timeout_after_commit`` (the write is applied, then the answer is held past the client's
-timeout). ``expire_tokens()``, ``refuse_credentials()``, ``lock_date`` (the period lock date).
+Every answer to a keyed write, refusals and 5xx included, is kept under its key for
+``idempotency_window`` seconds and replayed to the same request. Faults on demand:
+``fail_next(*modes)`` for the next writes: ``500`` (answered, and kept under the key), ``503``,
+``429`` (minute limit, ``Retry-After``), and ``timeout_after_commit`` (the write is applied, then
+the answer is held past the client's timeout). ``expire_tokens()``, ``refuse_credentials()``,
+``lock_date`` (the period lock date).
 
 Divergences worth knowing: fields the documented shape does not have are refused here (Xero
 ignores them silently, which would hide a connector's typo); only status changes are accepted on
