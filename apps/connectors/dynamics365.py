@@ -72,6 +72,10 @@ How each billing event is written (mapping values are D365 identifiers):
 - dispute movements: ``LedgerJournalHeaders`` + ``LedgerJournalLines`` (general journal): ledger
   and bank lines only, the receivable is not touched.
 
+``find_document`` is given no legal entity: it looks across companies. A hub customer belongs to one
+legal entity, so its account is found in one company; were the company mapping changed after a
+customer was posted, the lookup could find it in the earlier one.
+
 What is still open on an invoice is read from the entities the hub writes: the invoice's total
 less the posted customer payment journal lines marked to it. A settlement made by hand in D365
 outside those journals is not seen; the write-off then parks with its amounts for finance.
@@ -471,7 +475,7 @@ class _TokenRejected(Exception):
 class _ODataError:
     """``{"error": {"code", "message", "innererror": {"message", "type", "stacktrace"}}}``."""
 
-    APPLICATION_TYPES = ("AxODataWriteException", "Xpp.ErrorException", "AxODataException")
+    APPLICATION_TYPES = ("AxODataWriteException", "Xpp.ErrorException")
 
     def __init__(self, message: str, inner_message: str, kind: str) -> None:
         self.message = message
@@ -1162,11 +1166,11 @@ class Dynamics365Connector(ERPConnector):
         the same lines negated, under the void's reference. Works the same on a credit note."""
         company = self._company(doc)
         key = natural_key(doc.external_ref)
-        reversal: dict[str, Any] | None = None
+        drafts = []
         for header in self._free_text_headers(key, company):
             if header.get("IsPosted") == YES:
                 return self._void_result(company, header)
-            reversal = reversal or header
+            drafts.append(header)
         original = self._free_text_header(company, doc.invoice_erp_id)
         if original.get("IsPosted") != YES:
             # Never posted: there is nothing in the books to undo.
@@ -1189,17 +1193,25 @@ class Dynamics365Connector(ERPConnector):
             (_amount(row.get("TransactionCurrencyAmount")) + _amount(row.get("SalesTaxAmount")) for row in lines),
             Decimal(0),
         )
+        reversal = None
+        for draft in drafts:
+            if reversal is None and self._free_text_total(company, draft) == -total:
+                reversal = draft  # left by an interrupted void: reuse it
+            else:
+                self.odata.delete(
+                    INVOICE_HEADERS, {"dataAreaId": company, "InvoiceIdentifier": int(draft["InvoiceIdentifier"])}
+                )
         if reversal is None:
             reversal = self._create_reversal(doc, company, key, original, lines)
-        reversed_total = self._free_text_total(company, reversal)
-        if reversed_total != -total:
-            raise BusinessRuleError(
-                "amount_mismatch",
-                f"The reversal of Dynamics 365 invoice {original['InvoiceId']} totals {reversed_total}, not {-total}; "
-                "the draft stays in Dynamics 365. Check its tax setup, then retry.",
-                f"reversal {reversal['InvoiceIdentifier']} total {reversed_total} != {-total}",
-                params={"erp_total": str(reversed_total), "billing_total": str(-total)},
-            )
+            reversed_total = self._free_text_total(company, reversal)
+            if reversed_total != -total:
+                raise BusinessRuleError(
+                    "amount_mismatch",
+                    f"The reversal of Dynamics 365 invoice {original['InvoiceId']} totals {reversed_total}, not "
+                    f"{-total}; the draft stays in Dynamics 365 and is replaced on retry. Check its tax setup.",
+                    f"reversal {reversal['InvoiceIdentifier']} total {reversed_total} != {-total}",
+                    params={"erp_total": str(reversed_total), "billing_total": str(-total)},
+                )
         result = self._post_free_text_header(company, reversal, f"reversal of {original['InvoiceId']}")
         return PostResult(
             result.erp_id,

@@ -714,6 +714,30 @@ def test_void_reverses_the_invoice_once_and_refuses_an_invoice_with_payments(
     assert d365.customer_balance("usmf", customer) == Decimal("5.00")
 
 
+def test_a_void_interrupted_after_its_reversal_was_started_ends_with_one_reversal(d365: Dynamics365Simulator) -> None:
+    connector = Dynamics365Connector(d365.settings(timeout=1))
+    customer = new_customer(connector)
+    invoice_id, _ = posted_invoice(connector, customer, line(3000))
+    void = VoidDocument(
+        external_ref=f"stripe-us:in_{uuid.uuid4().hex[:6]}:void",
+        invoice_ref="stripe-us:in_x",
+        invoice_erp_id=invoice_id,
+        customer_erp_id=customer,
+        voided_on=TODAY,
+        dimensions=dict(DIMS),
+    )
+    d365.fail_next("timeout_after_commit", on="POST /data/FreeTextInvoiceHeaders")
+    with pytest.raises(UncertainOutcome):
+        connector.void_invoice(void)
+    assert connector.find_document(OPERATION_VOID_INVOICE, void.external_ref) is None
+
+    connector.void_invoice(void)
+
+    [reversal] = d365.invoices(void.external_ref)  # the empty draft was replaced
+    assert reversal["IsPosted"] == "Yes" and reversal["total"] == Decimal("-30.00")
+    assert d365.customer_balance("usmf", customer) == Decimal("0.00")
+
+
 def test_write_off_moves_what_billing_gave_up_on_to_bad_debts(
     d365: Dynamics365Simulator, connector: Dynamics365Connector
 ) -> None:
