@@ -272,7 +272,7 @@ class QuickBooksSimulator:
         self._ids = itertools.count(101)
         self._faults: list[str] = []
         self._read_faults: list[str] = []
-        self._replies: dict[str, tuple[int, bytes]] = {}  # requestid -> the first answer
+        self._replies: dict[str, tuple[int, bytes, str]] = {}  # requestid -> the first answer, its fault code
         self._access_tokens: dict[str, float] = {}  # token -> expiry (monotonic)
         self.refresh_token = INITIAL_REFRESH_TOKEN
         self._rotate_on_next_refresh = False
@@ -527,7 +527,7 @@ class QuickBooksSimulator:
                 first = self._replies.get(requestid)
             if first is not None:
                 record.replayed = True
-                return self._answer(handler, record, first[0], first[1])
+                return self._answer(handler, record, first[0], first[1], fault_code=first[2])
         try:
             if record.entity == "query":
                 text = record.params.get("query") if method == "GET" else record.body
@@ -546,7 +546,7 @@ class QuickBooksSimulator:
         payload = dumps(body)
         if writes and requestid and status < 500:
             with self._lock:
-                self._replies.setdefault(requestid, (status, payload))
+                self._replies.setdefault(requestid, (status, payload, record.fault_code))
         if fault == "timeout_after_commit":
             record.status = status
             time.sleep(self.hang_seconds)

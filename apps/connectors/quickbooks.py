@@ -34,7 +34,9 @@ when inactive, so renaming it in billing renames it here. People must keep that 
 
 **Exactly once.** Every write carries a ``requestid`` (50 characters: a digest of the step and the
 external reference, then a digest of the body), so QuickBooks answers a resent request with its
-first answer and does nothing twice; a corrected body is a new request. Field reports say
+first answer and does nothing twice; a corrected body is a new request. Intuit replays that first
+answer even when it was a refusal, so after a refusal (which means nothing was done) the write is
+sent once more under a fresh ``requestid``: a period reopened since is then seen. Field reports say
 ``requestid`` alone has let duplicates through, so every create is preceded by a lookup by number,
 on the first attempt and on every retry, and ``find_document`` answers only when the work is done.
 A duplicate number or name refused by QuickBooks (6140, 6240) is looked up again: another attempt
@@ -77,6 +79,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from datetime import date
 from decimal import Decimal
@@ -201,6 +204,11 @@ def _quote(value: str) -> str:
 
 def _note(external_ref: str, words: str = "") -> str:
     return (f"hub:{external_ref}" + (f" {words}" if words else ""))[:MAX_NOTE]
+
+
+def _names(note: Any, words: str) -> bool:
+    """Whether a note holds ``words`` whole: ``hub:stripe-us:in_1`` is not in ``hub:stripe-us:in_10``."""
+    return re.search(rf"(?:^|\s){re.escape(words)}(?:\s|$)", str(note or "")) is not None
 
 
 def _amount(value: Any) -> Decimal:
@@ -556,7 +564,7 @@ class QuickBooksConnector(ERPConnector):
         if not found:
             return None
         for record in found:
-            if f"hub:{external_ref}" in str(record.get("PrivateNote") or ""):
+            if _names(record.get("PrivateNote"), f"hub:{external_ref}"):
                 return record
         return min(found, key=lambda record: int(record["Id"]))
 
@@ -566,6 +574,38 @@ class QuickBooksConnector(ERPConnector):
             f"select * from Customer where Active IN (true, false) and DisplayName LIKE {_quote(pattern)} maxresults 10"
         )
         return min(found, key=lambda record: int(record["Id"])) if found else None
+
+    def _write(
+        self,
+        entity: str,
+        body: dict[str, Any],
+        step: str,
+        external_ref: str,
+        *,
+        operation: str = "",
+        correlation_id: str = "",
+    ) -> dict[str, Any]:
+        """Send one write with its deterministic ``requestid``. QuickBooks answers a ``requestid`` it
+        has seen with its first answer, a refusal included, so a refusal may be an old one whose
+        cause has since been fixed (a period reopened, a mapping corrected). A refusal means nothing
+        was done, and the caller has just read what it acts on (a create: found nothing), so one
+        request under a fresh ``requestid`` gets the present answer."""
+        stable = request_id(step, external_ref, body)
+        try:
+            return self.api.write(entity, body, requestid=stable, operation=operation, correlation_id=correlation_id)
+        except QuickBooksRejected as exc:
+            if exc.qbo_code in (DUPLICATE_DOC_NUMBER, DUPLICATE_NAME):
+                raise  # the caller looks the document up again
+            refused: ConnectorError = exc
+        except AuthenticationError:
+            raise
+        except ConfigurationError as exc:
+            if exc.status not in (200, 400):
+                raise
+            refused = exc
+        log.info("QuickBooks refused %s %s (%s); asking once more under a fresh requestid", step, external_ref, refused)
+        fresh = f"{stable[:20]}-{uuid.uuid4().hex[: REQUEST_ID_LENGTH - 21]}"
+        return self.api.write(entity, body, requestid=fresh, operation=operation, correlation_id=correlation_id)
 
     def _create(
         self,
@@ -579,12 +619,7 @@ class QuickBooksConnector(ERPConnector):
         """Create after the lookup found nothing; a duplicate refused by QuickBooks is looked up again
         (another attempt created it between our lookup and our create)."""
         try:
-            return self.api.write(
-                entity,
-                body,
-                requestid=request_id(f"create {entity}", external_ref, body),
-                correlation_id=correlation_id,
-            )
+            return self._write(entity, body, f"create {entity}", external_ref, correlation_id=correlation_id)
         except QuickBooksRejected as exc:
             if exc.qbo_code in (DUPLICATE_DOC_NUMBER, DUPLICATE_NAME):
                 again = find()
@@ -622,7 +657,7 @@ class QuickBooksConnector(ERPConnector):
             return self._document_result(record, "voided") if record and _voided(record) else None
         if operation == OPERATION_APPLY_CREDIT:
             payment = self._payment(_on_account_ref(external_ref))
-            if payment is None or f"applied {external_ref}" not in str(payment.get("PrivateNote") or ""):
+            if payment is None or not _names(payment.get("PrivateNote"), f"applied {external_ref}"):
                 return None
             return self._payment_result(payment, "applied from credit")
         if operation in DISPUTE_MOVEMENTS:
@@ -679,11 +714,8 @@ class QuickBooksConnector(ERPConnector):
             return self._customer_result(created, "created")
         if doc.name and customer["DisplayName"] != name:
             update = {"Id": customer["Id"], "SyncToken": customer["SyncToken"], "sparse": True, "DisplayName": name}
-            updated = self.api.write(
-                "Customer",
-                update,
-                requestid=request_id("rename customer", doc.external_ref, update),
-                correlation_id=doc.correlation_id,
+            updated = self._write(
+                "Customer", update, "rename customer", doc.external_ref, correlation_id=doc.correlation_id
             )
             return self._customer_result(updated, "updated")
         return self._customer_result(customer, "unchanged")
@@ -899,7 +931,7 @@ class QuickBooksConnector(ERPConnector):
         linked = {
             (str(txn.get("TxnType")), str(txn.get("TxnId"))) for line in lines for txn in line.get("LinkedTxn") or []
         }
-        if marker in str(payment.get("PrivateNote") or "") or ("Invoice", doc.invoice_erp_id) in linked:
+        if _names(payment.get("PrivateNote"), marker) or ("Invoice", doc.invoice_erp_id) in linked:
             return self._payment_result(payment, "already applied from credit")
         amount = to_decimal(doc.amount_minor, doc.currency)
         invoice = self.api.read("Invoice", doc.invoice_erp_id)
@@ -921,12 +953,7 @@ class QuickBooksConnector(ERPConnector):
             "Line": [*kept, {"Amount": amount, "LinkedTxn": [{"TxnId": str(invoice["Id"]), "TxnType": "Invoice"}]}],
             "PrivateNote": f"{payment.get('PrivateNote') or ''}\n{marker}".strip()[:MAX_NOTE],
         }
-        updated = self.api.write(
-            "Payment",
-            body,
-            requestid=request_id("apply credit", doc.external_ref, body),
-            correlation_id=doc.correlation_id,
-        )
+        updated = self._write("Payment", body, "apply credit", doc.external_ref, correlation_id=doc.correlation_id)
         return self._payment_result(updated, "applied from credit")
 
     # -- refunds, voids and write-offs ------------------------------------------------------
@@ -1001,12 +1028,8 @@ class QuickBooksConnector(ERPConnector):
             )
         if entity == "Invoice":
             body: dict[str, Any] = {"Id": str(record["Id"]), "SyncToken": str(record["SyncToken"])}
-            voided = self.api.write(
-                "Invoice",
-                body,
-                requestid=request_id("void", doc.external_ref, body),
-                operation="void",
-                correlation_id=doc.correlation_id,
+            voided = self._write(
+                "Invoice", body, "void", doc.external_ref, operation="void", correlation_id=doc.correlation_id
             )
         else:
             lines = []
@@ -1023,12 +1046,7 @@ class QuickBooksConnector(ERPConnector):
                 "TxnTaxDetail": {"TotalTax": Decimal(0)},
                 "PrivateNote": f"Voided - {record.get('PrivateNote') or ''}"[:MAX_NOTE],
             }
-            voided = self.api.write(
-                "CreditMemo",
-                body,
-                requestid=request_id("void", doc.external_ref, body),
-                correlation_id=doc.correlation_id,
-            )
+            voided = self._write("CreditMemo", body, "void", doc.external_ref, correlation_id=doc.correlation_id)
         if not _voided(voided):
             raise UncertainOutcome(f"QuickBooks {entity} {record['Id']} is not voided after the void")
         return self._document_result(voided, "voided")

@@ -570,7 +570,17 @@ def test_a_closed_period_is_a_business_refusal_finance_can_act_on(
     assert "books are closed" in error.finance_message and "reopen the period" in error.finance_message
     assert "account period has closed" in error.params["erp_message"]
     assert qbo.documents("Invoice") == []
-    connector.post_invoice(invoice_doc(doc.customer_ref, doc.customer_erp_id))  # today's date is open
+
+    qbo.books_closed_through = None  # the accountant reopens the period; finance retries
+    result = connector.post_invoice(doc)
+
+    [invoice] = qbo.documents("Invoice")
+    assert result.erp_id == invoice["Id"]
+    sent = [r for r in qbo.requests if r.method == "POST" and r.entity == "invoice"]
+    # QuickBooks answers a requestid it has seen with its first answer, the refusal included: after
+    # that replay, one fresh requestid gets the present answer.
+    assert [(r.fault_code, r.replayed) for r in sent] == [("6210", False), ("6210", False), ("6210", True), ("", False)]
+    assert sent[0].requestid == sent[2].requestid != sent[1].requestid != sent[3].requestid
 
 
 def test_a_stale_sync_token_is_transient_and_the_retry_reads_the_document_again(
@@ -940,3 +950,39 @@ def test_dispute_withdrawn_then_lost_and_another_reinstated(
     assert qbo.account_balance(DISPUTED) == 0 and qbo.account_balance(CLEARING) == Decimal("0")
     assert qbo.customer_balance(doc.customer_erp_id) == 0  # the invoice stays paid, as in billing
     assert len(qbo.documents("JournalEntry")) == 4
+
+
+def test_credit_applied_to_an_invoice_whose_id_extends_another_is_applied_to_both(
+    connector: QuickBooksConnector, qbo: QuickBooksSimulator
+) -> None:
+    customer_ref, customer_id = customer(connector)
+    stem = ref("in")
+    lines = (InvoiceLineDocument("Add-on", Decimal(1), 1000, 1000, "79", item="1"),)
+    short = invoice_doc(
+        customer_ref, customer_id, external_ref=f"{stem}1", lines=lines, subtotal_minor=1000, total_minor=1000
+    )
+    long = invoice_doc(
+        customer_ref, customer_id, external_ref=f"{stem}10", lines=lines, subtotal_minor=1000, total_minor=1000
+    )
+    short_id, long_id = connector.post_invoice(short).erp_id, connector.post_invoice(long).erp_id
+    payment_ref = ref("pi")
+    connector.receive_on_account(
+        OnAccountDocument(
+            external_ref=f"{payment_ref}:on-account",
+            payment_ref=payment_ref,
+            customer_ref=customer_ref,
+            customer_erp_id=customer_id,
+            currency="USD",
+            amount_minor=2000,
+            received_on=date.today(),
+            payment_journal=CLEARING,
+        )
+    )
+    for invoice, erp_id in ((long, long_id), (short, short_id)):  # "...10" first, then its prefix "...1"
+        application = payment_doc(
+            invoice, erp_id, 1000, external_ref=f"{payment_ref}:{invoice.external_ref.split(':')[1]}"
+        )
+        assert connector.apply_credit(application).detail["action"] == "applied from credit"
+
+    assert qbo.get("Invoice", short_id)["Balance"] == qbo.get("Invoice", long_id)["Balance"] == 0
+    assert qbo.customer_balance(customer_id) == 0
