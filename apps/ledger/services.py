@@ -65,7 +65,9 @@ def upsert_customer(
     source: str, data: CustomerData, *, legal_entity: LegalEntity | None, correlation_id: str = ""
 ) -> Upserted:
     with transaction.atomic(savepoint=False):
-        customer, created = Customer.objects.select_for_update().get_or_create(
+        # A lock for a non-key update: rows created elsewhere that refer to the customer check that
+        # reference at commit (FOR KEY SHARE), after auditing, and must not wait for this lock.
+        customer, created = Customer.objects.select_for_update(no_key=True).get_or_create(
             source=source,
             source_id=data.source_id,
             defaults={

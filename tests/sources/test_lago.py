@@ -3,16 +3,19 @@ import hashlib
 import hmac
 import json
 import os
+import threading
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import jwt
 import pytest
+from django.db import DatabaseError, connection, transaction
 from django.test import Client
 
 from apps.ingest.models import InboxEvent, InboxStatus
 from apps.ingest.services import normalize_event
+from apps.ledger import services as ledger
 from apps.ledger.commands import CreditMemoData, CustomerData, DisputeData, InvoiceData, PaymentData
 from apps.ledger.models import Dispute, Invoice, Payment, PaymentApplication
 from apps.posting.models import Operation, Posting
@@ -706,3 +709,49 @@ def test_an_invoice_voided_after_a_partial_payment_plans_a_write_off(client: Cli
     ledger_invoice = Invoice.objects.get(source_id=invoice["lago_id"])
     assert (ledger_invoice.status, ledger_invoice.amount_paid_minor) == (Invoice.STATUS_UNCOLLECTIBLE, 2000)
     assert operations(invoice=ledger_invoice) == sorted([Operation.POST_INVOICE, Operation.WRITE_OFF])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_credit_purchase_and_its_payment_record_normalized_at_once_both_land() -> None:
+    """Lago sends a credit purchase's payment record and the paid credit invoice together, and two
+    workers take them. The record's transaction audits (holding the audit chain's lock) and checks its
+    customer reference at commit; the invoice's locks that customer, then audits. Locking the customer
+    for a key update made that a deadlock; the lock for a non-key update does not block the check."""
+    customer = samples.customer()
+    purchase = samples.credit_purchase_invoice(customer, 3850, payment_status="succeeded")
+    ledger.upsert_customer("lago-us", lago.customer_from_object(customer), legal_entity=None)
+    [snapshot, credit] = lago.parse_message(samples.webhook("invoice.payment_status_updated", purchase))
+    [record] = lago.parse_message(samples.webhook("payment.succeeded", samples.payment(purchase, 3850)))
+    audited, customer_locked = threading.Event(), threading.Event()
+    failures: list[Exception] = []
+
+    def payment_record() -> None:
+        try:
+            with transaction.atomic():
+                ledger.upsert_payment("lago-us", record)  # audits: holds the chain's lock until commit
+                audited.set()
+                assert customer_locked.wait(10)
+        except (AssertionError, DatabaseError) as exc:
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    def paid_purchase() -> None:
+        try:
+            assert audited.wait(10)
+            with transaction.atomic():
+                ledger.upsert_customer("lago-us", snapshot, legal_entity=None)  # locks the customer
+                customer_locked.set()
+                ledger.upsert_payment("lago-us", credit)  # audits: waits for the other to commit
+        except (AssertionError, DatabaseError) as exc:
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=payment_record), threading.Thread(target=paid_purchase)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert failures == []
+    assert set(Payment.objects.values_list("source_id", flat=True)) == {record.source_id, credit.source_id}
