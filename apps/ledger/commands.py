@@ -46,6 +46,8 @@ class InvoiceLineData:
     price_id: str = ""
     period_start: date | None = None
     period_end: date | None = None
+    product_line: str = ""  # where billing says it (Stripe: the product's metadata), for routing
+    revenue_category: str = ""
 
 
 @dataclass(frozen=True)

@@ -118,12 +118,29 @@ def upsert_customer(
         return Upserted(customer, created=False, changed=True)
 
 
-def _product_for(source: str, source_id: str, name: str) -> Product | None:
+def _product_for(
+    source: str, source_id: str, name: str, product_line: str = "", revenue_category: str = ""
+) -> Product | None:
+    """The product, created on first sight. Product line and revenue category follow billing when
+    it says them; when it does not, what finance set in the admin is kept."""
     if not source_id:
         return None
     product, _ = Product.objects.get_or_create(
-        source=source, source_id=source_id, defaults={"name": name or source_id, "kind": Product.KIND_PRODUCT}
+        source=source,
+        source_id=source_id,
+        defaults={
+            "name": name or source_id,
+            "kind": Product.KIND_PRODUCT,
+            "product_line": product_line,
+            "revenue_category": revenue_category,
+        },
     )
+    said = {"product_line": product_line, "revenue_category": revenue_category}
+    changed = [key for key, value in said.items() if value and getattr(product, key) != value]
+    if changed:
+        for key in changed:
+            setattr(product, key, said[key])
+        product.save(update_fields=changed)
     return product
 
 
@@ -168,7 +185,9 @@ def _replace_lines(source: str, invoice: Invoice, data: InvoiceData) -> None:
             position=index,
             source_line_id=line.source_line_id,
             description=line.description[:500],
-            product=_product_for(source, line.product_source_id, line.product_name),
+            product=_product_for(
+                source, line.product_source_id, line.product_name, line.product_line, line.revenue_category
+            ),
             price_id=line.price_id,
             quantity=line.quantity,
             unit_amount_minor=line.unit_amount_minor,

@@ -195,8 +195,13 @@ def _line(line: dict[str, Any], invoice_id: str) -> InvoiceLineData:
     details = (line.get("pricing") or {}).get("price_details") or {}
     price_id = _id(price) or str(details.get("price") or "")
     product = price.get("product") if isinstance(price, dict) else None
+    if not isinstance(product, dict) and isinstance(details.get("product"), dict):
+        product = details["product"]  # expanded: lines.data.pricing.price_details.product
     product_id = _id(product) or str(details.get("product") or "")
     product_name = str(product.get("name") or "") if isinstance(product, dict) else ""
+    # An expanded product's metadata may name its product line and revenue category (for routing
+    # and revenue mapping); a product given by id alone leaves what the hub holds unchanged.
+    metadata = (product.get("metadata") or {}) if isinstance(product, dict) else {}
     unit = price.get("unit_amount") if isinstance(price, dict) else None
     if not isinstance(unit, int):
         unit = amount // int(quantity) if quantity == quantity.to_integral_value() and quantity > 0 else amount
@@ -212,6 +217,8 @@ def _line(line: dict[str, Any], invoice_id: str) -> InvoiceLineData:
         source_line_id=str(line.get("id") or ""),
         product_source_id=product_id,
         product_name=product_name,
+        product_line=str(metadata.get("product_line") or ""),
+        revenue_category=str(metadata.get("revenue_category") or ""),
         price_id=price_id,
         period_start=_date(period.get("start")),
         period_end=_date(period.get("end")),

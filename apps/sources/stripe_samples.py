@@ -70,8 +70,18 @@ def line(
     product: str = "prod_pro",
     price: str = "price_pro_monthly",
     tax: int = 0,
+    product_line: str = "",
 ) -> dict[str, Any]:
+    """``product_line``: the product comes expanded, with its product line in its metadata."""
     now = int(time.time())
+    product_field: str | dict[str, Any] = product
+    if product_line:
+        product_field = {
+            "id": product,
+            "object": "product",
+            "name": description,
+            "metadata": {"product_line": product_line},
+        }
     return {
         "id": uid("il"),
         "object": "line_item",
@@ -82,7 +92,7 @@ def line(
         "period": {"start": now, "end": now + 30 * 86400},
         "pricing": {
             "type": "price_details",
-            "price_details": {"price": price, "product": product},
+            "price_details": {"price": price, "product": product_field},
             "unit_amount_decimal": str(amount // quantity),
         },
         "taxes": [{"amount": tax, "tax_behavior": "exclusive", "taxability_reason": "standard_rated"}] if tax else [],

@@ -108,13 +108,12 @@ def test_documents_stay_with_the_erp_their_invoice_went_to_after_a_rule_change(c
 def test_an_invoice_of_a_product_line_goes_to_its_erp(client: Client) -> None:
     analytics = connection("analytics-erp")
     RoutingRule.objects.create(priority=1, product_line="analytics", connection=analytics)
-    obj = se.invoice(se.uid("cus"), [se.line(500, product="prod_small"), se.line(9000, product="prod_warehouse")])
-    Product.objects.create(
-        source="stripe-us", source_id="prod_warehouse", kind="product", name="Warehouse", product_line="analytics"
-    )
+    small = se.line(500, product="prod_small", product_line="core")
+    obj = se.invoice(se.uid("cus"), [small, se.line(9000, product="prod_warehouse", product_line="analytics")])
     receive(client, se.event("invoice.finalized", obj))
     posting = Posting.objects.get(invoice__source_id=obj["id"], operation=Operation.POST_INVOICE)
     assert posting.connection == analytics  # the largest line's product line decides
+    assert Product.objects.get(source_id="prod_warehouse").product_line == "analytics"  # from Stripe's metadata
 
 
 def test_no_route_opens_a_case_naming_what_is_missing_and_a_new_rule_posts_it(
