@@ -13,14 +13,14 @@ app.autodiscover_tasks()
 from celery.signals import before_task_publish, task_postrun, task_prerun  # noqa: E402
 
 from apps.core.broker import SENT_AT_HEADER  # noqa: E402
-from apps.core.correlation import get_correlation_id, new_correlation_id, set_correlation_id  # noqa: E402
+from apps.core.correlation import TASK_HEADER, get_correlation_id, new_correlation_id, set_correlation_id  # noqa: E402
 
 
 @before_task_publish.connect
 def _carry_correlation_id(headers: dict | None = None, **_: object) -> None:
     if headers is not None:
-        if not headers.get("correlation_id"):
-            headers["correlation_id"] = get_correlation_id()
+        if not headers.get(TASK_HEADER):
+            headers[TASK_HEADER] = get_correlation_id()
         # When the message was sent: the sweepers read it off the oldest waiting message to tell a
         # message merely queued behind a backlog from one that was consumed and lost.
         headers[SENT_AT_HEADER] = time.time()
@@ -29,7 +29,8 @@ def _carry_correlation_id(headers: dict | None = None, **_: object) -> None:
 @task_prerun.connect
 def _adopt_correlation_id(task: object = None, **_: object) -> None:
     request = getattr(task, "request", None)
-    set_correlation_id(str(getattr(request, "correlation_id", "") or new_correlation_id()))
+    # Our own header: Celery sets request.correlation_id to the task id.
+    set_correlation_id(str(getattr(request, TASK_HEADER, "") or new_correlation_id()))
 
 
 @task_postrun.connect

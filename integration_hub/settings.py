@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "apps.console",
     "apps.flow",
     "apps.validation",
+    "apps.observability",
 ]
 
 MIDDLEWARE = [
@@ -209,6 +210,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "validation.refresh_reference_data",
         "schedule": float(os.environ.get("HUB_VALIDATION_REFRESH_SECONDS", "900")),
     },
+    # A marked test invoice through the whole pipeline to a sandbox ERP (apps/observability/synthetic.py).
+    "synthetic-transaction": {
+        "task": "observability.run_synthetic",
+        "schedule": float(os.environ.get("HUB_SYNTHETIC_SECONDS", "300")),
+    },
 }
 
 # --- The hub ------------------------------------------------------------------------------------
@@ -229,6 +235,13 @@ HUB = {
     "IN_FLIGHT_STALE_SECONDS": int(os.environ.get("HUB_IN_FLIGHT_STALE_SECONDS", "600")),
     # Inbox events not normalized this long after arrival are re-enqueued by the sweeper.
     "INBOX_STALE_SECONDS": int(os.environ.get("HUB_INBOX_STALE_SECONDS", "60")),
+    # /metrics wants this as a bearer token when it is set (apps/observability/views.py).
+    "METRICS_TOKEN": os.environ.get("HUB_METRICS_TOKEN", ""),
+    # The synthetic transaction: a canonical source and the sandbox connection its invoices are
+    # routed to; unset, the scheduled run does nothing.
+    "SYNTHETIC_SOURCE": os.environ.get("HUB_SYNTHETIC_SOURCE", ""),
+    "SYNTHETIC_CONNECTION": os.environ.get("HUB_SYNTHETIC_CONNECTION", ""),
+    "SYNTHETIC_TIMEOUT_SECONDS": int(os.environ.get("HUB_SYNTHETIC_TIMEOUT_SECONDS", "600")),
 }
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(HUB["WEBHOOK_MAX_BYTES"] * 2, 2_621_440)
 
@@ -239,7 +252,7 @@ LOGGING = {
     "filters": {"correlation": {"()": "apps.core.logging.CorrelationIdFilter"}},
     "formatters": {
         "json": {"()": "apps.core.logging.JsonFormatter"},
-        "console": {"format": "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)s"},
+        "console": {"()": "apps.core.logging.ConsoleFormatter"},
     },
     "handlers": {
         "default": {

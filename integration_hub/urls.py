@@ -14,4 +14,6 @@ urlpatterns = [
     path("api/v1/", include("apps.ingest.api")),
     path("api/v1/", include("apps.validation.api")),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    # /healthz, /readyz, /metrics (apps/observability/views.py)
+    path("", include("apps.observability.urls")),
 ]

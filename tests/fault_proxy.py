@@ -1,6 +1,7 @@
 """A real HTTP proxy in front of the real Tryton that injects faults a healthy server does not
 produce on demand: an answer held back past the client's timeout after Tryton committed the
-work, or a throttling status. Everything else is forwarded untouched."""
+work, or a throttling status. Everything else is forwarded untouched. Every request is recorded
+as the ERP would have received it (``received``: JSON-RPC method, headers, body)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,13 @@ class Fault:
     retry_after: str = ""
 
 
+@dataclass(frozen=True)
+class Received:
+    method: str
+    headers: dict[str, str]
+    body: bytes
+
+
 def most_in_any_window(arrivals: list[float], seconds: float) -> int:
     """The most of ``arrivals`` (monotonic times) that fall within any window of ``seconds``."""
     times = sorted(arrivals)
@@ -41,6 +49,7 @@ class FaultProxy:
         self.calls: Counter[str] = Counter()
         self.injected: Counter[str] = Counter()
         self.arrivals: list[float] = []  # monotonic arrival time of every request
+        self.received: list[Received] = []  # every request as the ERP would have seen it
         self.in_flight = 0
         self.max_in_flight = 0
         self.down = False  # an outage: every request answered 503 without reaching the ERP
@@ -82,6 +91,8 @@ class FaultProxy:
                     method = str(json.loads(body).get("method", ""))
                 except ValueError:
                     method = ""
+                with proxy._lock:
+                    proxy.received.append(Received(method, dict(self.headers.items()), body))
                 fault = proxy._take_fault(method)
                 if proxy.down:
                     fault = Fault(method, 0, status=503)

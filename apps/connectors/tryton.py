@@ -56,6 +56,7 @@ from apps.connectors.documents import (
     VoidDocument,
     WriteOffDocument,
 )
+from apps.core.correlation import outbound_headers
 from apps.core.errors import (
     AuthenticationError,
     BusinessRuleError,
@@ -169,7 +170,7 @@ class TrytonRPC:
     def _send(self, method: str, params: list[Any], *, writes: bool) -> Any:
         if self.before_send is not None:
             self.before_send()
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", **outbound_headers()}
         if self._auth and not method.startswith("common.db.login"):
             headers["Authorization"] = self._auth
         payload = {"id": next(_ids), "method": method, "params": encode(params)}

@@ -1,3 +1,10 @@
+"""Log lines for machines (JSON, the default) and for people (the demo's console format).
+
+Both carry the correlation id of the work in hand, and the fields a line was logged with
+(``extra={"posting_id": ..., "connection": ..., "outcome": ...}``): as keys in JSON, as
+``key=value`` after the message on the console.
+"""
+
 from __future__ import annotations
 
 import json
@@ -6,7 +13,11 @@ from datetime import UTC, datetime
 
 from apps.core.correlation import get_correlation_id
 
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "correlation_id"}
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "correlation_id", "taskName"}
+
+
+def _extras(record: logging.LogRecord) -> dict[str, object]:
+    return {key: value for key, value in vars(record).items() if key not in _STANDARD and not key.startswith("_")}
 
 
 class CorrelationIdFilter(logging.Filter):
@@ -27,9 +38,24 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "correlation_id": getattr(record, "correlation_id", "-"),
         }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                payload[key] = value
+        payload.update(_extras(record))
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
         return json.dumps(payload, default=str)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """The human-readable line: ``<time> <level> <logger> [<correlation id>] <message> key=value ...``."""
+
+    def __init__(self, fmt: str | None = None, datefmt: str | None = None) -> None:
+        super().__init__(fmt or "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)s", datefmt)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not hasattr(record, "correlation_id"):
+            record.correlation_id = get_correlation_id() or "-"
+        line = super().format(record)
+        fields = " ".join(f"{key}={value}" for key, value in _extras(record).items())
+        if not fields:
+            return line
+        head, newline, rest = line.partition("\n")  # a traceback stays below the fields
+        return f"{head} {fields}{newline}{rest}"

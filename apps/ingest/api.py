@@ -26,6 +26,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.core import correlation
 from apps.ingest import services
 from apps.sources import canonical
 from apps.sources.base import InvalidPayload, SignatureError
@@ -126,6 +127,7 @@ class CanonicalEventView(APIView):
                 "correlation_id": receipt.event.correlation_id,
             },
             status=status.HTTP_202_ACCEPTED,
+            headers={correlation.HEADER: receipt.event.correlation_id},
         )
 
 

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from apps.core import audit, secrets
 from apps.core.broker import resend_patience
-from apps.core.correlation import correlation_scope, get_correlation_id
+from apps.core.correlation import TASK_HEADER, correlation_scope, for_event
 from apps.ingest import signals
 from apps.ingest.models import InboxEvent, InboxStatus
 from apps.ledger import services as ledger
@@ -28,6 +28,7 @@ from apps.ledger.commands import (
     SubscriptionData,
 )
 from apps.ledger.models import CreditMemo, Customer, Dispute, Invoice, Payment
+from apps.observability import metrics
 from apps.posting import planner
 from apps.routing.services import NoRoute
 from apps.sources.base import Envelope, IgnoredEvent, InvalidPayload, SourceAdapter
@@ -75,21 +76,25 @@ def store_event(source: BillingSource, envelope: Envelope, body: bytes, headers:
                 object_id=envelope.object_id[:255],
                 headers={key: value for key, value in headers.items() if key.lower() in kept},
                 body=body.decode("utf-8"),
-                correlation_id=get_correlation_id(),
+                correlation_id=for_event(event_id),
             )
             transaction.on_commit(lambda: send_normalize(event.pk, event.correlation_id))
     except IntegrityError:
         InboxEvent.objects.filter(source=source.name, event_id=event_id).update(delivery_count=F("delivery_count") + 1)
         event = InboxEvent.objects.get(source=source.name, event_id=event_id)
-        log.info("redelivered event ignored", extra={"event_id": event_id, "source": source.name})
+        with correlation_scope(event.correlation_id):
+            log.info("redelivered event ignored", extra={"event_id": event_id, "source": source.name})
+        metrics.event_received(source.name, metrics.DUPLICATE)
         return Receipt(event, duplicate=True)
-    log.info("event stored", extra={"event_id": event_id, "source": source.name, "event_type": event.event_type})
+    with correlation_scope(event.correlation_id):
+        log.info("event stored", extra={"event_id": event_id, "source": source.name, "event_type": event.event_type})
+    metrics.event_received(source.name, metrics.STORED)
     return Receipt(event, duplicate=False)
 
 
 def send_normalize(event_id: int, correlation_id: str) -> bool:
     try:
-        current_app.send_task(NORMALIZE_TASK, args=[event_id], headers={"correlation_id": correlation_id})
+        current_app.send_task(NORMALIZE_TASK, args=[event_id], headers={TASK_HEADER: correlation_id})
     except Exception:  # noqa: BLE001 - broker down: the event is stored; the inbox sweeper sends it later
         log.warning("broker unavailable; event stays in the inbox for the sweeper", extra={"inbox_event_id": event_id})
         return False
@@ -174,6 +179,7 @@ def _finish(event: InboxEvent, status: str, error: str, *, code: str = "") -> st
     event.error_code = code or ("invalid" if status == InboxStatus.FAILED else "")
     event.processed_at = timezone.now()
     event.save(update_fields=["status", "error", "error_code", "processed_at"])
+    metrics.event_normalized(event.source, status, event.received_at, event.processed_at)
     if status == InboxStatus.FAILED:
         audit.record("inbox.failed", event, reason=error)
         signals.event_failed.send(sender=InboxEvent, event=event, code=event.error_code, message=error)

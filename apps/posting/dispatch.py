@@ -12,7 +12,7 @@ from celery import current_app
 from django.db import transaction
 from django.utils import timezone
 
-from apps.core.correlation import get_correlation_id
+from apps.core.correlation import TASK_HEADER, get_correlation_id
 from apps.posting.models import Posting
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ def send_execute(posting_id: int, *, correlation_id: str = "", countdown: float 
             EXECUTE_TASK,
             args=[posting_id],
             countdown=countdown,
-            headers={"correlation_id": correlation_id or get_correlation_id()},
+            headers={TASK_HEADER: correlation_id or get_correlation_id()},
         )
     except Exception:  # noqa: BLE001 - any broker failure; the sweeper recovers
         log.warning("broker unavailable; posting stays queued for the sweeper", extra={"posting_id": posting_id})

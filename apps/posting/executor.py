@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from apps.core.errors import (
 from apps.core.secrets import MissingSecret
 from apps.flow import services as flow
 from apps.flow.models import ConnectionFlow
+from apps.observability import metrics
 from apps.posting import dispatch, signals
 from apps.posting.documents import (
     credit_memo_document,
@@ -80,6 +82,17 @@ def _hub(name: str) -> float:
     return settings.HUB[name]  # type: ignore[no-any-return]
 
 
+def _fields(posting: Posting, **extra: object) -> dict[str, object]:
+    """What every executor log line says about its posting (JSON keys / console key=value)."""
+    return {
+        "posting_id": posting.pk,
+        "connection": posting.connection.name,
+        "source": posting.source,
+        "operation": posting.operation,
+        **extra,
+    }
+
+
 def backoff_seconds(attempt_count: int, retry_after: float | None = None) -> float:
     """Exponential backoff with full jitter, never sooner than the ERP's Retry-After."""
     ceiling = min(_hub("POSTING_BACKOFF_MAX_SECONDS"), _hub("POSTING_BACKOFF_BASE_SECONDS") * 2 ** (attempt_count - 1))
@@ -107,10 +120,10 @@ def claim(
         log.warning("posting does not exist", extra={"posting_id": posting_id})
         return None
     if posting.state not in CLAIMABLE_STATES:
-        log.info("posting not claimable, nothing to do", extra={"posting_id": posting_id, "state": posting.state})
+        log.info("posting not claimable, nothing to do", extra=_fields(posting, state=posting.state))
         return None
     if posting.state == PostingState.RETRY_SCHEDULED and posting.retry_at and posting.retry_at > now:
-        log.info("retry not due yet", extra={"posting_id": posting_id, "retry_at": posting.retry_at})
+        log.info("retry not due yet", extra=_fields(posting, retry_at=posting.retry_at))
         return None
     if parent_state(posting) not in (None, PostingState.POSTED):
         _wait_for_parent(posting)
@@ -135,7 +148,7 @@ def claim(
             **taken
         )
         if not won:
-            log.info("another worker claimed the posting first", extra={"posting_id": posting_id})
+            log.info("another worker claimed the posting first", extra=_fields(posting))
             return None
         for field, value in taken.items():
             setattr(posting, field, value)
@@ -162,6 +175,7 @@ def _hold(posting: Posting, hold: flow.Hold) -> None:
     )
     if not moved:
         return
+    metrics.posting_held(posting, hold.code)
     # A connection-level hold (paused, maintenance, circuit open) sends no message per posting: the
     # service that ends it releases every held posting oldest first. An open circuit gets one
     # message, at its probe time; the sweeper sends another if that one is lost. A countdown per
@@ -169,12 +183,12 @@ def _hold(posting: Posting, hold: flow.Hold) -> None:
     if hold.code in flow.CONNECTION_HOLDS and not (
         hold.code == flow.HOLD_CIRCUIT and flow.claim_probe(posting.connection, hold.until)
     ):
-        log.info("posting held", extra={"posting_id": posting.pk, "hold": hold.code, "until": hold.until.isoformat()})
+        log.info("posting held", extra=_fields(posting, outcome=hold.code, until=hold.until.isoformat()))
         return
     delay = (hold.until - timezone.now()).total_seconds()
     if delay <= _hub("MAX_COUNTDOWN_SECONDS"):
         dispatch.send_execute(posting.pk, correlation_id=posting.correlation_id, countdown=max(delay, 0))
-    log.info("posting held", extra={"posting_id": posting.pk, "hold": hold.code, "until": hold.until.isoformat()})
+    log.info("posting held", extra=_fields(posting, outcome=hold.code, until=hold.until.isoformat()))
 
 
 def _wait_for_parent(posting: Posting) -> None:
@@ -182,7 +196,7 @@ def _wait_for_parent(posting: Posting) -> None:
         state=PostingState.WAITING, updated_at=timezone.now()
     )
     if moved:
-        log.info("posting waits for its parent", extra={"posting_id": posting.pk})
+        log.info("posting waits for its parent", extra=_fields(posting, outcome=PostingState.WAITING))
         # The parent may have been posted between our read and our write: re-check so the child
         # is never left waiting on a parent that will not release it again.
         if parent_state(posting) == PostingState.POSTED:
@@ -288,7 +302,9 @@ def _pacer(connection: ERPConnection, budget: ConnectionFlow) -> Callable[[], No
     limiter = flow.window(connection, budget)
 
     def pace() -> None:
+        started = time.monotonic()
         wait = limiter.acquire(max_wait=PACE_MAX_WAIT_SECONDS)
+        metrics.rate_limit_wait(connection.name, metrics.REQUEST_BUDGET, time.monotonic() - started, gave_up=bool(wait))
         if wait:
             raise Throttled(f"the request budget of {connection.name} is spent for {wait:.1f}s", retry_after=wait)
 
@@ -340,7 +356,7 @@ def _run(claimed: Claim, budget: ConnectionFlow) -> str:
         # manual change in between. Not a business problem; retry later.
         return _retry(claimed, ConnectorError(str(exc)), PostingAttempt.Outcome.ERROR)
     except Exception as exc:
-        log.exception("unexpected error while posting", extra={"posting_id": posting.pk})
+        log.exception("unexpected error while posting", extra=_fields(posting))
         return _retry(
             claimed, ConnectorError(f"{type(exc).__name__}: {exc}"), PostingAttempt.Outcome.ERROR, verify=True
         )
@@ -372,6 +388,8 @@ def _held_by_circuit(claimed: Claim, exc: ConnectorError) -> str:
         if flow.claim_probe(posting.connection, hold.until):
             delay = max((hold.until - timezone.now()).total_seconds(), 0)
             dispatch.enqueue_on_commit(posting, countdown=min(delay, _hub("MAX_COUNTDOWN_SECONDS")))
+    metrics.posting_held(posting, flow.HOLD_CIRCUIT)
+    log.info("posting held", extra=_fields(posting, outcome=flow.HOLD_CIRCUIT, until=hold.until.isoformat()))
     return PostingState.RETRY_SCHEDULED
 
 
@@ -410,7 +428,7 @@ def _posted(claimed: Claim, result: PostResult, outcome: str) -> str:
     with transaction.atomic():
         _finish_attempt(claimed, outcome, erp_id=result.erp_id, detail=str(result.detail or ""))
         if not _transition(claimed, **done):
-            log.warning("claim lost before recording the posting", extra={"posting_id": posting.pk})
+            log.warning("claim lost before recording the posting", extra=_fields(posting, outcome="lost_claim"))
             return "lost_claim"
         for field, value in done.items():  # what the row now holds, without reading it back
             setattr(posting, field, value)
@@ -418,15 +436,8 @@ def _posted(claimed: Claim, result: PostResult, outcome: str) -> str:
         release_waiting(posting.idempotency_key)
         plan_writeback(posting)
         signals.settled.send(sender=Posting, posting=posting, actor=audit.SYSTEM)
-    log.info(
-        "posted",
-        extra={
-            "posting_id": posting.pk,
-            "connection": posting.connection.name,
-            "outcome": outcome,
-            "erp_id": result.erp_id,
-        },
-    )
+    metrics.posting_finished(posting, outcome)
+    log.info("posted", extra=_fields(posting, outcome=outcome, erp_id=result.erp_id))
     return PostingState.POSTED
 
 
@@ -465,6 +476,8 @@ def _retry(
                 audit.record("posting.dead", posting, reason=detail[:500])
                 posting.refresh_from_db()
                 signals.needs_attention.send(sender=Posting, posting=posting)
+            metrics.posting_finished(posting, PostingState.DEAD)
+            log.info("dead", extra=_fields(posting, outcome=PostingState.DEAD, last_outcome=outcome))
             return state
         delay = backoff_seconds(posting.attempt_count, retry_after)
         retry_at = timezone.now() + timedelta(seconds=delay)
@@ -480,10 +493,8 @@ def _retry(
         )
         if moved and delay <= _hub("MAX_COUNTDOWN_SECONDS"):
             dispatch.enqueue_on_commit(posting, countdown=delay)
-    log.info(
-        "retry scheduled",
-        extra={"posting_id": posting.pk, "outcome": outcome, "retry_in_seconds": round(delay, 1)},
-    )
+    metrics.posting_retried(posting, "throttled" if free else outcome)
+    log.info("retry scheduled", extra=_fields(posting, outcome=outcome, retry_in_seconds=round(delay, 1)))
     return PostingState.RETRY_SCHEDULED
 
 
@@ -511,5 +522,6 @@ def _park(claimed: Claim, exc: ConnectorError, category: str, code: str, finance
             audit.record("posting.parked", posting, after={"code": code}, reason=finance_message)
             posting.refresh_from_db()
             signals.needs_attention.send(sender=Posting, posting=posting)
-    log.info("parked", extra={"posting_id": posting.pk, "outcome": code, "category": category})
+    metrics.posting_finished(posting, PostingState.PARKED)
+    log.info("parked", extra=_fields(posting, outcome=PostingState.PARKED, error_code=code, category=category))
     return PostingState.PARKED
