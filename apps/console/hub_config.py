@@ -23,6 +23,17 @@ from apps.routing.models import ERPConnection, Mapping, RoutingRule
 from apps.sources.models import BillingSource
 
 ACTOR = "hub_config"
+# Connection settings that hold a secret: the file must name an env:VAR, never the value.
+SECRET_SETTINGS = (
+    "password",
+    "secret",
+    "token",
+    "api_key",
+    "client_secret",
+    "private_key",
+    "consumer_secret",
+    "token_secret",
+)
 ROUTING_KEYS = {"name", "legal_entity", "region", "product_line", "transaction_type", "currency", "connection", "also"}
 TRANSACTION_TYPES = {kind for kind, _ in RoutingRule.TRANSACTION_TYPES}
 SOURCE_KINDS = {kind for kind, _ in BillingSource.KIND_CHOICES}
@@ -105,7 +116,7 @@ def validate(doc: object) -> list[str]:
         if _require(conn, "kind", path, problems) not in (None, *CONNECTOR_CLASSES):
             problems.append(f"{path}.kind: must be one of {sorted(CONNECTOR_CLASSES)}")
         settings = _require(conn, "settings", path, problems, dict) or {}
-        for key in ("password", "secret", "token", "api_key", "client_secret"):
+        for key in SECRET_SETTINGS:
             if key in settings and not secrets.is_reference(settings[key]):
                 problems.append(f"{path}.settings.{key}: must be an env:VAR reference, never the secret itself")
     known_connections = connections | set(ERPConnection.objects.values_list("name", flat=True))
