@@ -22,11 +22,19 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.timesince import timesince
 
-from apps.console import services, timeline
-from apps.console.models import CaseStatus, DeadLetter, ExceptionCase, PostingException
+from apps.console import control_tower, services, timeline
+from apps.console.models import (
+    CaseStatus,
+    ConnectionSLA,
+    ControlTower,
+    DeadLetter,
+    ExceptionCase,
+    PostingException,
+)
+from apps.core import audit
 from apps.posting.admin import PostingAdminBase, exception_states, retry_postings
 from apps.posting.models import PostingState
-from apps.routing.models import Mapping
+from apps.routing.models import ERPConnection, Mapping
 
 # -- list filters -----------------------------------------------------------------------------
 
@@ -507,3 +515,100 @@ class DeadLetterAdmin(CasePermissions, PostingAdminBase):
     @admin.display(description="dead for", ordering="updated_at")
     def age(self, obj: DeadLetter) -> str:
         return timesince(obj.updated_at, timezone.now())
+
+
+# -- the control tower and the SLAs it holds connections to -----------------------------------
+
+
+@admin.register(ControlTower)
+class ControlTowerAdmin(admin.ModelAdmin):
+    """One page, no rows: KPIs per ERP connection as charts, against each connection's SLA."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def get_urls(self) -> list[Any]:
+        return [path("", self.admin_site.admin_view(self.changelist_view), name="console_controltower_changelist")]
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        window = request.GET.get("window", control_tower.DEFAULT_WINDOW)
+        if window not in control_tower.WINDOWS:
+            window = control_tower.DEFAULT_WINDOW
+        connections = list(ERPConnection.objects.order_by("name"))
+        selected = next((c for c in connections if c.name == request.GET.get("connection")), None)
+        tower = control_tower.build(window, selected)
+        return TemplateResponse(
+            request,
+            "admin/console/control_tower.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "Control tower",
+                "tower": tower,
+                "window": window,
+                "windows": [(w.key, w.title) for w in control_tower.WINDOWS.values()],
+                "connections": connections,
+                "selected": selected,
+                "age_buckets": control_tower.AGE_BUCKETS,
+                "can_edit_sla": request.user.has_perm("console.change_connectionsla"),
+                "opts": self.model._meta,
+                **(extra_context or {}),
+            },
+        )
+
+
+@admin.register(ConnectionSLA)
+class ConnectionSLAAdmin(admin.ModelAdmin):
+    """The thresholds the control tower holds each connection to (defaults where none is set)."""
+
+    list_display = (
+        "connection",
+        "min_success_rate_percent",
+        "max_p95_latency_seconds",
+        "max_backlog",
+        "max_open_case_age_hours",
+        "updated_at",
+    )
+    fields = (
+        "connection",
+        "min_success_rate_percent",
+        "max_p95_latency_seconds",
+        "max_backlog",
+        "max_open_case_age_hours",
+    )
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ConnectionSLA | None = None) -> tuple[str, ...]:
+        return ("connection",) if obj is not None else ()
+
+    def save_model(self, request: HttpRequest, obj: ConnectionSLA, form: forms.ModelForm, change: bool) -> None:
+        before = ConnectionSLA.objects.get(pk=obj.pk).facts() if change else None
+        super().save_model(request, obj, form, change)
+        audit.record(
+            "console.sla_changed" if change else "console.sla_set",
+            obj,
+            actor=request.user.get_username(),
+            reason=f"SLA of {obj.connection}",
+            before=before,
+            after=obj.facts(),
+        )
+
+    def delete_model(self, request: HttpRequest, obj: ConnectionSLA) -> None:
+        audit.record(
+            "console.sla_removed",
+            obj,
+            actor=request.user.get_username(),
+            reason=f"SLA of {obj.connection}: back to the defaults",
+            before=obj.facts(),
+        )
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ConnectionSLA]) -> None:
+        for sla in queryset.select_related("connection"):
+            self.delete_model(request, sla)

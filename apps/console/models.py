@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -106,3 +109,65 @@ class ExceptionCase(models.Model):
     @property
     def external_ref(self) -> str:
         return f"{self.source}:{self.source_id}"
+
+
+class ControlTower(ERPConnection):
+    """The control tower page (``/admin/console/controltower/``): KPIs per ERP connection against
+    their SLA. A proxy so the page has its own view permission and its own entry in the admin index."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "control tower"
+        verbose_name_plural = "control tower"
+
+
+# The thresholds a connection is held to until someone sets its own.
+DEFAULT_MIN_SUCCESS_RATE_PERCENT = Decimal("95.00")
+DEFAULT_MAX_P95_LATENCY_SECONDS = 300
+DEFAULT_MAX_BACKLOG = 1000
+DEFAULT_MAX_OPEN_CASE_AGE_HOURS = 24
+
+
+class ConnectionSLA(models.Model):
+    """What finance expects of one ERP connection; the control tower shows a breach of any of them."""
+
+    connection = models.OneToOneField(ERPConnection, on_delete=models.CASCADE, related_name="sla")
+    min_success_rate_percent = models.DecimalField(
+        max_digits=5,
+        decimal_places=2,
+        default=DEFAULT_MIN_SUCCESS_RATE_PERCENT,
+        validators=[MinValueValidator(Decimal("0")), MaxValueValidator(Decimal("100"))],
+        help_text="Posted ÷ (posted + parked + dead) over the window, at least this.",
+    )
+    max_p95_latency_seconds = models.PositiveIntegerField(
+        default=DEFAULT_MAX_P95_LATENCY_SECONDS,
+        help_text="95% of documents posted within this many seconds of their billing event.",
+    )
+    max_backlog = models.PositiveIntegerField(
+        default=DEFAULT_MAX_BACKLOG, help_text="Postings not yet posted, parked, dead or skipped, at most this."
+    )
+    max_open_case_age_hours = models.PositiveIntegerField(
+        default=DEFAULT_MAX_OPEN_CASE_AGE_HOURS, help_text="No exception case open longer than this."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "connection SLA"
+        verbose_name_plural = "connection SLAs"
+
+    def __str__(self) -> str:
+        return f"SLA of {self.connection}"
+
+    @classmethod
+    def for_connection(cls, connection: ERPConnection) -> ConnectionSLA:
+        """The connection's own thresholds, or the defaults (unsaved) when none are set."""
+        sla = cls.objects.filter(connection=connection).first()
+        return sla or cls(connection=connection)
+
+    def facts(self) -> dict[str, object]:
+        return {
+            "min_success_rate_percent": str(self.min_success_rate_percent),
+            "max_p95_latency_seconds": self.max_p95_latency_seconds,
+            "max_backlog": self.max_backlog,
+            "max_open_case_age_hours": self.max_open_case_age_hours,
+        }

@@ -12,6 +12,8 @@ VIEWABLE = [
     "console.exceptioncase",
     "console.postingexception",
     "console.deadletter",
+    "console.controltower",
+    "console.connectionsla",
     "posting.posting",
     "posting.postingattempt",
     "ledger.legalentity",
@@ -53,14 +55,16 @@ def _view(labels: list[str]) -> list[str]:
 
 
 ROLE_PERMISSIONS: dict[str, list[str]] = {
-    # Business exceptions: see, correct mappings, retry, replay, link, skip, assign. Raw payloads
-    # only with sensitive fields masked; no connection or routing changes.
+    # Business exceptions: see, correct mappings, retry, replay, link, skip, assign; set the SLA a
+    # connection is held to. Raw payloads only with sensitive fields masked; no connection or routing changes.
     FINANCE: [
         *_view(VIEWABLE),
         "console.change_exceptioncase",
         *CASE_ACTIONS,
         "routing.add_mapping",
         "routing.change_mapping",
+        "console.add_connectionsla",
+        "console.change_connectionsla",
     ],
     # Everything technical on top: raw events in full, replay, postings, configuration.
     ENGINEERS: [
@@ -88,6 +92,9 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "flow.add_maintenancewindow",
         "flow.change_maintenancewindow",
         "flow.delete_maintenancewindow",
+        "console.add_connectionsla",
+        "console.change_connectionsla",
+        "console.delete_connectionsla",
     ],
     # Read-only everywhere, including the audit log.
     AUDITORS: [*_view(VIEWABLE), "django_celery_beat.view_periodictask", "auth.view_user", "auth.view_group"],
