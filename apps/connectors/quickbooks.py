@@ -760,7 +760,7 @@ class QuickBooksConnector(ERPConnector):
             body["DepartmentRef"] = {"value": department}
         if self.global_tax_calculation:
             body["GlobalTaxCalculation"] = self.global_tax_calculation
-        if doc.due_date:
+        if isinstance(doc, InvoiceDocument) and doc.due_date:  # a credit memo has no due date
             body["DueDate"] = doc.due_date.isoformat()
         return body
 

@@ -138,6 +138,7 @@ def payment_doc(invoice: InvoiceDocument, invoice_erp_id: str, amount_minor: int
 
 def credit_doc(invoice: InvoiceDocument, invoice_erp_id: str, amount_minor: int) -> CreditMemoDocument:
     return CreditMemoDocument(
+        due_date=date.today(),  # billing may date it; QuickBooks credit memos have no due date
         external_ref=ref("cn"),
         number="CN-0007",
         invoice_ref=invoice.external_ref,
