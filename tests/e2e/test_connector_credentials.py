@@ -19,6 +19,7 @@ from apps.sources import stripe_samples as se
 from tests.conftest import deliver, wait_for
 from tests.dynamics365_simulator import Dynamics365Simulator
 from tests.netsuite_simulator import NetSuiteSimulator
+from tests.quickbooks_simulator import QuickBooksSimulator
 from tests.sap_simulator import SapSimulator
 from tests.xero_simulator import XeroSimulator
 
@@ -40,11 +41,21 @@ def _refusing(factory: Callable[[], Any]) -> Callable[[bool], Any]:
     return make
 
 
-def _allow(simulator: Any) -> None:
+def _allow(simulator: Any, connection: ERPConnection) -> None:
     if isinstance(simulator, NetSuiteSimulator):
         simulator.refuse_tokens = False
+    elif isinstance(simulator, QuickBooksSimulator):
+        # QuickBooks refuses a wrong client secret: the engineer enters the right one.
+        connection.settings = simulator.connector_settings()
+        connection.save()
     else:
         simulator.refuse_credentials(False)
+
+
+def _settings(simulator: Any) -> dict[str, Any]:
+    if isinstance(simulator, QuickBooksSimulator):
+        return {**simulator.connector_settings(), "client_secret": "an-old-secret"}
+    return simulator.settings()  # type: ignore[no-any-return]
 
 
 ERPS: dict[str, tuple[str, Callable[[bool], Any], dict[str, str]]] = {
@@ -64,6 +75,11 @@ ERPS: dict[str, tuple[str, Callable[[bool], Any], dict[str, str]]] = {
         {"company": "usmf", "revenue_account": "401100", "payment_journal": "USMF CARD"},
     ),
     "xero": ("xero", _refusing(XeroSimulator), {"revenue_account": "200", "payment_journal": "091"}),
+    "quickbooks": (
+        "quickbooks",
+        lambda refuse: QuickBooksSimulator(),
+        {"revenue_account": "79", "item": "1", "payment_journal": "35"},
+    ),
 }
 
 
@@ -71,7 +87,7 @@ ERPS: dict[str, tuple[str, Callable[[bool], Any], dict[str, str]]] = {
 def erp(request: pytest.FixtureRequest, hub: Any) -> Iterator[tuple[ERPConnection, Any]]:
     kind, make, mappings = ERPS[request.param]
     simulator = make(True)
-    connection = ERPConnection.objects.create(name=f"{request.param}-cloud", kind=kind, settings=simulator.settings())
+    connection = ERPConnection.objects.create(name=f"{request.param}-cloud", kind=kind, settings=_settings(simulator))
     for mapping_kind, value in mappings.items():
         key = "USD" if mapping_kind == "currency" else "default"
         Mapping.objects.create(connection=connection, kind=mapping_kind, key=key, value=value)
@@ -97,7 +113,7 @@ def test_refused_credentials_open_the_circuit_and_the_invoice_posts_once_they_ar
     assert customer.state in (PostingState.RETRY_SCHEDULED, PostingState.QUEUED)  # held, not parked
     assert customer.error_code == flow.HOLD_CIRCUIT
 
-    _allow(simulator)
+    _allow(simulator, connection)
     flow.close_circuit(connection, actor="engineer", reason="new client secret")
     wait_for(
         lambda: Posting.objects.filter(
