@@ -593,11 +593,13 @@ def breaches_of(health: ConnectionHealth, window: Window) -> list[Breach]:
     return found
 
 
-def connection_health(b: Buckets, *, in_database: bool | None = None) -> list[ConnectionHealth]:
+def connection_health(
+    b: Buckets, *, in_database: bool | None = None, outcomes: dict[int, Outcomes] | None = None
+) -> list[ConnectionHealth]:
     """Each connection's figures over the window (backlog and open cases: now) and its breaches."""
     connections = list(ERPConnection.objects.order_by("name"))
     slas = {sla.connection_id: sla for sla in ConnectionSLA.objects.all()}
-    outcomes = outcomes_by_connection(b)
+    outcomes = outcomes_by_connection(b) if outcomes is None else outcomes
     latencies = latency_by_connection(b, in_database=in_database)
     backlog = current_backlog()
     cases = open_cases_by_connection()
@@ -637,10 +639,10 @@ def build(
 ) -> dict[str, Any]:
     """Everything the page shows: the SLA table, the breaches in words and the charts' data."""
     b = buckets(window if window in WINDOWS else DEFAULT_WINDOW, now)
-    health = connection_health(b, in_database=in_database)
+    outcomes = outcomes_by_connection(b)
+    health = connection_health(b, in_database=in_database, outcomes=outcomes)
     shown = [h for h in health if connection is None or h.connection.pk == connection.pk]
     selected_ids = None if connection is None else [connection.pk]
-    outcomes = outcomes_by_connection(b)
     backlog = backlog_by_connection(b)
     lat = latency(b, selected_ids, in_database=in_database)
     aging = exception_aging(b, selected_ids)
