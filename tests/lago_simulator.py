@@ -1,6 +1,9 @@
 """A contract simulator of the part of Lago's REST API the hub writes back to, written from Lago's API
 reference and its open-source API server: ``GET /api/v1/invoices/{lago_id}`` and ``PUT
-/api/v1/invoices/{lago_id}`` with ``{"invoice": {"metadata": [{"id", "key", "value"}]}}``.
+/api/v1/invoices/{lago_id}`` with ``{"invoice": {"metadata": [{"id", "key", "value"}]}}`` (writeback),
+and ``GET /api/v1/payments?invoice_id=&page=&per_page=`` (the payment records the source adapter
+reads back), paged with Lago's ``meta`` (``current_page``, ``next_page``, ``prev_page``,
+``total_pages``, ``total_count``).
 
 What Lago does with metadata, and the simulator with it: the list sent *replaces* the invoice's
 metadata. An item with the ``id`` of an existing entry updates it, an item without ``id`` creates an
@@ -13,7 +16,8 @@ Authentication is ``Authorization: Bearer <api key>``. Errors have Lago's body: 
 ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and ``X-RateLimit-Reset`` (seconds to wait).
 
 Faults on demand: ``fail_next(mode)`` makes the next update answer ``500`` before applying it,
-``429``, or apply it and hold the answer back past the client's timeout (``timeout_after_commit``).
+``429``, or apply it and hold the answer back past the client's timeout (``timeout_after_commit``);
+``fail_next_read(mode)`` makes the next read of payments answer ``500`` or ``429``.
 Every request is recorded with whether it changed the invoice, so a test counts what Lago applied.
 """
 
@@ -28,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlparse
 
 API_KEY = "lago_test_api_key_writeback"
 # The Celery worker process of the e2e tests inherits this process's environment when it starts,
@@ -53,8 +57,10 @@ class Recorded:
 class LagoSimulator:
     hang_seconds: float = 2.5
     invoices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    payments: list[dict[str, Any]] = field(default_factory=list)
     requests: list[Recorded] = field(default_factory=list)
     _faults: list[str] = field(default_factory=list)
+    _read_faults: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -84,12 +90,20 @@ class LagoSimulator:
         held["metadata"] = [self._entry(key, value) for key, value in (metadata or {}).items()]
         self.invoices[held["lago_id"]] = held
 
+    def add_payment(self, payment: dict[str, Any]) -> None:
+        """A payment record Lago holds (manual ones are recorded whether or not a receipt is sent)."""
+        self.payments.append(json.loads(json.dumps(payment)))
+
     def metadata(self, invoice_id: str) -> dict[str, str]:
         return {entry["key"]: entry["value"] for entry in self.invoices[invoice_id]["metadata"]}
 
     def fail_next(self, *modes: str) -> None:
         """``500``, ``429`` or ``timeout_after_commit``, for the next updates in order."""
         self._faults.extend(modes)
+
+    def fail_next_read(self, *modes: str) -> None:
+        """``500`` or ``429`` for the next reads of payments, in order."""
+        self._read_faults.extend(modes)
 
     def applied(self, invoice_id: str) -> list[Recorded]:
         return [r for r in self.requests if r.applied and r.path == f"/api/v1/invoices/{invoice_id}"]
@@ -101,7 +115,8 @@ class LagoSimulator:
     # -- the API ----------------------------------------------------------------------------
 
     def _handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:
-        path = urlparse(handler.path).path
+        url = urlparse(handler.path)
+        path = url.path
         length = int(handler.headers.get("Content-Length") or 0)
         raw = handler.rfile.read(length) if length else b""
         record = Recorded(method, path, {}, 0, applied=False)
@@ -110,6 +125,11 @@ class LagoSimulator:
         if handler.headers.get("Authorization") != f"Bearer {API_KEY}":
             return self._answer(handler, record, 401, {"status": 401, "error": "Unauthorized"})
         parts = path.strip("/").split("/")
+        if method == "GET" and parts == ["api", "v1", "payments"]:
+            fault = self._read_faults.pop(0) if self._read_faults else ""
+            if fault in ("500", "429"):
+                return self._answer(handler, record, int(fault), {"status": int(fault), "error": "Unavailable"})
+            return self._answer(handler, record, 200, self._payments(dict(parse_qsl(url.query))))
         if len(parts) != 4 or parts[:3] != ["api", "v1", "invoices"]:
             return self._answer(handler, record, 404, {"status": 404, "error": "Not Found"})
         invoice_id = parts[3]
@@ -142,6 +162,24 @@ class LagoSimulator:
             record.status = 200  # committed; the answer comes after the client stopped waiting
             time.sleep(self.hang_seconds)
         self._answer(handler, record, status, answer)
+
+    def _payments(self, query: dict[str, str]) -> dict[str, Any]:
+        """``GET /payments``: newest first, filtered by ``invoice_id``, ``per_page`` (default 20) a page."""
+        found = [
+            p for p in reversed(self.payments) if not query.get("invoice_id") or query["invoice_id"] in p["invoice_ids"]
+        ]
+        per_page, page = int(query.get("per_page") or 20), int(query.get("page") or 1)
+        pages = max(1, -(-len(found) // per_page))
+        return {
+            "payments": found[(page - 1) * per_page : page * per_page],
+            "meta": {
+                "current_page": page,
+                "next_page": page + 1 if page < pages else None,
+                "prev_page": page - 1 if page > 1 else None,
+                "total_pages": pages,
+                "total_count": len(found),
+            },
+        }
 
     def _update(self, invoice: dict[str, Any], record: Recorded) -> tuple[int, dict[str, Any]]:
         """``PUT /invoices/{id}`` as Lago's Invoices::UpdateService and Metadata::UpdateService do it."""

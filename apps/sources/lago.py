@@ -47,10 +47,15 @@ their ``lago_id`` and applied to their invoice, so an invoice paid in several pa
 payments. An invoice's ``total_paid_amount_cents`` is the sum of those records, so when Lago reports an
 invoice paid, the hub posts from the invoice only what no record covers (an invoice marked paid with
 ``PUT /invoices/{id}`` and ``payment_status: succeeded``), as one payment named ``<invoice>:payment``.
-Manual payments are visible to the hub only through receipts: turn payment receipts on in Lago, and
-subscribe the webhook endpoint to ``payment.succeeded`` and ``payment_receipt.created``. A payment of a
-payment request that covers several invoices does not say how much went to each: it is not posted (the
-event is kept with a message for finance).
+Lago sends no webhook for a manual payment except its receipt, and receipts are an option. So when
+the source has Lago API settings (``api_key``, and ``base_url`` for the EU cluster or a self-hosted
+Lago), every invoice event that shows money paid also reads the invoice's payment records back
+(``GET /api/v1/payments?invoice_id=``) and posts them, named by their ``lago_id`` as above: a record the
+hub already has changes nothing. Without API settings, turn payment receipts on in Lago and subscribe
+the webhook endpoint to ``payment.succeeded`` and ``payment_receipt.created``. A payment of a payment
+request that covers several invoices does not say how much went to each: it is not posted (the event
+is kept with a message for finance). A Lago API refusal (4xx) fails the event with Lago's answer; a
+429, 5xx or timeout leaves it received, and the inbox sweeper tries again.
 
 Customer credit. Credits used by an invoice are applied to it from the customer's credit
 (``apply_credit``, no new cash): purchased prepaid credits as ``<invoice>:prepaid-credits``, credit
@@ -81,6 +86,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import jwt
+import requests
 
 from apps.core.money import CurrencyError, normalize_currency
 from apps.ledger.commands import (
@@ -120,6 +126,10 @@ FREE_CREDITS_LINE = "granted_credits"
 PREPAID_CREDITS_SUFFIX = ":prepaid-credits"
 CREDIT_NOTES_SUFFIX = ":credit-notes"
 DISPUTE_SUFFIX = ":dispute"
+
+
+DEFAULT_API_URL = "https://api.getlago.com"
+PAGE_SIZE = 100
 
 
 # --- authenticity --------------------------------------------------------------------------------
@@ -804,11 +814,100 @@ def credit_memo_from_object(obj: dict[str, Any]) -> CreditMemoData:
     )
 
 
+# --- API -----------------------------------------------------------------------------------------
+
+
+class LagoApiError(InvalidPayload):
+    """Lago's API refused the request (4xx other than 429): asking again will not help."""
+
+
+class LagoUnavailable(RuntimeError):
+    """Lago could not answer now (429, 5xx, timeout, network): the event is tried again later."""
+
+
+_ERROR_HINTS = {
+    401: " Check the Lago API key configured for this source (Lago: Developers > API keys).",
+    403: " The API key may not read payments: give it read access to payments in Lago.",
+}
+
+
+class LagoApi:
+    """The read call of Lago's REST API the adapter needs, with ``Authorization: Bearer <api key>``."""
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str = DEFAULT_API_URL,
+        *,
+        timeout: tuple[float, float] = (5.0, 30.0),
+        session: requests.Session | None = None,
+    ) -> None:
+        if not api_key:
+            raise ValueError("a Lago API key is required")
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._session = session or requests.Session()
+        self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
+
+    def invoice_payments(self, invoice_id: str) -> list[dict[str, Any]]:
+        """Every payment record of the invoice, page by page."""
+        found: list[dict[str, Any]] = []
+        page: int | None = 1
+        while page:
+            answer = self._get("/api/v1/payments", {"invoice_id": invoice_id, "page": page, "per_page": PAGE_SIZE})
+            found.extend(payment for payment in answer.get("payments") or [] if isinstance(payment, dict))
+            meta = answer.get("meta") if isinstance(answer.get("meta"), dict) else {}
+            following = meta.get("next_page")
+            page = following if isinstance(following, int) and following > page else None
+        return found
+
+    def _get(self, path: str, params: dict[str, str | int]) -> dict[str, Any]:
+        try:
+            response = self._session.get(
+                f"{self.base_url}{path}", params=params, headers=self._headers, timeout=self.timeout
+            )
+        except requests.RequestException as exc:
+            raise LagoUnavailable(f"Lago API GET {path} did not answer: {exc}") from exc
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.status_code == 429 or response.status_code >= 500:
+            raise LagoUnavailable(f"Lago API GET {path} answered {response.status_code}: try again later.")
+        if response.status_code != 200:
+            said = body if isinstance(body, dict) else {}
+            message = " ".join(str(said.get(key) or "") for key in ("error", "code")).strip() or response.reason
+            raise LagoApiError(
+                f"Lago API GET {path} answered {response.status_code}: {message}."
+                f"{_ERROR_HINTS.get(response.status_code, '')} Replay the event after the fix."
+            )
+        if not isinstance(body, dict):
+            raise LagoUnavailable(f"Lago API GET {path} answered 200 without a JSON object.")
+        return body
+
+
+def recorded_payments(api: LagoApi, obj: dict[str, Any], invoice: InvoiceData) -> list[PaymentData]:
+    """The invoice's payment records read back from Lago, when it shows money paid: the manual ones
+    that sent no receipt included."""
+    if settlement_of(obj, f"Invoice {invoice.number or invoice.source_id}").recorded <= 0:
+        return []
+    payments = []
+    for record in api.invoice_payments(invoice.source_id):
+        try:
+            payment = payment_from_object(record)
+        except IgnoredEvent:
+            continue  # not succeeded, or a payment request over several invoices (its own event says so)
+        if payment.applications[0].invoice_source_id == invoice.source_id:
+            payments.append(payment)
+    return payments
+
+
 # --- events --------------------------------------------------------------------------------------
 
 
-def parse_message(message: dict[str, Any]) -> list[LedgerCommand]:
-    """Canonical commands for one stored webhook; raises ``IgnoredEvent`` for types not posted."""
+def parse_message(message: dict[str, Any], api: LagoApi | None = None) -> list[LedgerCommand]:
+    """Canonical commands for one stored webhook; raises ``IgnoredEvent`` for types not posted.
+    With ``api``, an invoice's payment records are read back from Lago too."""
     webhook_type = str(message.get("webhook_type"))
     obj = _object(message)
     if webhook_type == "invoice.drafted":
@@ -825,6 +924,8 @@ def parse_message(message: dict[str, Any]) -> list[LedgerCommand]:
             return credit_purchase(obj)
         invoice = invoice_from_object(obj)
         commands: list[LedgerCommand] = [invoice, *credits_used(obj, invoice)]
+        if api is not None:
+            commands.extend(recorded_payments(api, obj, invoice))
         payment = payment_from_paid_invoice(obj, invoice)
         if payment is not None:
             commands.append(payment)
@@ -857,5 +958,16 @@ class LagoAdapter(SourceAdapter):
             object_id=_text(_object(message).get("lago_id")),
         )
 
+    def __init__(self, api: LagoApi | None = None) -> None:
+        self.api = api
+
+    def bind(self, api_settings: Mapping[str, str]) -> LagoAdapter:
+        """With the source's Lago API key (``api_key``, ``base_url``), invoices' payment records are
+        read back; without it, the adapter posts what the webhooks carry."""
+        api_key = str(api_settings.get("api_key") or "")
+        if not api_key:
+            return self
+        return LagoAdapter(LagoApi(api_key, str(api_settings.get("base_url") or DEFAULT_API_URL)))
+
     def parse(self, body: bytes) -> list[LedgerCommand]:
-        return parse_message(parse_envelope(body))
+        return parse_message(parse_envelope(body), self.api)

@@ -10,6 +10,7 @@ over-paid (prepaid credits bought ahead are its customer credit), and reports on
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -21,7 +22,9 @@ from apps.core.money import to_decimal
 from apps.ledger.models import Payment
 from apps.posting.models import Operation, Posting
 from apps.sources import lago_samples as lg
+from apps.sources.models import BillingSource
 from tests.e2e.test_lifecycle import billing_receivable, posted
+from tests.lago_simulator import LagoSimulator
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("worker")]
 
@@ -134,6 +137,38 @@ def test_invoice_then_two_partial_payments_settle_it(client: Client, tryton: Any
     [erp_invoice] = tryton.invoices(f"{SOURCE}:{invoice['lago_id']}")
     assert (erp_invoice["state"], erp_invoice["amount_to_pay"]) == ("paid", Decimal("0"))
     assert not Posting.objects.filter(source_id=f"{invoice['lago_id']}:payment:{invoice['lago_id']}").exists()
+    assert tryton.receivable(customer_ref(invoice)) == Decimal("0") == lago_owes(paid)
+    assert billing_receivable(invoice["customer"]["lago_id"]) == Decimal("0")
+
+
+@pytest.fixture
+def lago_api() -> Iterator[LagoSimulator]:
+    simulator = LagoSimulator()
+    yield simulator
+    simulator.stop()
+
+
+def test_partial_payments_that_sent_no_receipt_are_read_back_when_the_invoice_is_paid(
+    client: Client, tryton: Any, lago_api: LagoSimulator
+) -> None:
+    """Receipts off: Lago sends nothing for a manual payment until the invoice is paid in full. The
+    source's API settings let the hub read the payment records back then."""
+    BillingSource.objects.filter(name=SOURCE).update(
+        api_settings={"api_key": "env:LAGO_API_KEY", "base_url": lago_api.url}
+    )
+    invoice = new_invoice()
+    send(client, lg.webhook("invoice.created", invoice))
+    posted(invoice["lago_id"], Operation.POST_INVOICE)
+    first, second = lg.payment(invoice, 2000, manual=True), lg.payment(invoice, 5380, manual=True)
+    lago_api.add_payment(first)
+    lago_api.add_payment(second)
+
+    paid = updated(invoice, 10, payment_status="succeeded", total_paid_amount_cents=7380)
+    send(client, lg.webhook("invoice.payment_status_updated", paid))
+    posted(f"{first['lago_id']}:{invoice['lago_id']}", Operation.APPLY_PAYMENT)
+    posted(f"{second['lago_id']}:{invoice['lago_id']}", Operation.APPLY_PAYMENT)
+    [erp_invoice] = tryton.invoices(f"{SOURCE}:{invoice['lago_id']}")
+    assert (erp_invoice["state"], erp_invoice["amount_to_pay"]) == ("paid", Decimal("0"))
     assert tryton.receivable(customer_ref(invoice)) == Decimal("0") == lago_owes(paid)
     assert billing_receivable(invoice["customer"]["lago_id"]) == Decimal("0")
 

@@ -4,6 +4,7 @@ import hmac
 import json
 import os
 import threading
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -23,6 +24,8 @@ from apps.sources import lago
 from apps.sources import lago_samples as samples
 from apps.sources.base import IgnoredEvent, InvalidPayload, SignatureError
 from apps.sources.lago import LagoAdapter, payment_id
+from tests.lago_simulator import API_KEY as LAGO_API_KEY
+from tests.lago_simulator import LagoSimulator
 
 ADAPTER = LagoAdapter()
 HMAC_KEY = "hmac_current_key"
@@ -755,3 +758,67 @@ def test_a_credit_purchase_and_its_payment_record_normalized_at_once_both_land()
         thread.join(30)
     assert failures == []
     assert set(Payment.objects.values_list("source_id", flat=True)) == {record.source_id, credit.source_id}
+
+
+# --- payment records read back through Lago's API ------------------------------------------------
+
+
+@pytest.fixture
+def lago_api() -> Iterator[LagoSimulator]:
+    simulator = LagoSimulator()
+    yield simulator
+    simulator.stop()
+
+
+def bound(lago_api: LagoSimulator, api_key: str = LAGO_API_KEY) -> Any:
+    return ADAPTER.bind({"api_key": api_key, "base_url": lago_api.url})
+
+
+def test_manual_payments_that_sent_no_receipt_are_read_back_with_the_paid_invoice(lago_api: LagoSimulator) -> None:
+    invoice = samples.invoice(samples.customer(), [samples.fee(10000)], payment_status="succeeded")
+    first = samples.payment(invoice, 2000, manual=True, paid_at="2025-04-02T00:00:00Z")
+    second = samples.payment(invoice, 10000, manual=True, paid_at="2025-04-09T00:00:00Z")
+    other = samples.payment(samples.invoice(invoice["customer"], [samples.fee(500)]), 600)
+    for record in (first, second, other):
+        lago_api.add_payment(record)
+    message = samples.webhook("invoice.payment_status_updated", invoice)
+
+    assert [type(command) for command in parse(message)] == [InvoiceData]  # the webhook alone names no payment
+    commands = bound(lago_api).parse(samples.body(message))
+    assert invoice_of(commands).amount_paid_minor == 12000
+    assert sorted((p.source_id, p.amount_minor, p.method) for p in payments_of(commands)) == sorted(
+        [(first["lago_id"], 2000, "manual"), (second["lago_id"], 10000, "manual")]
+    )
+    [read] = [r for r in lago_api.requests if r.path == "/api/v1/payments"]
+    assert read.status == 200
+
+
+def test_reading_back_follows_every_page(lago_api: LagoSimulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lago, "PAGE_SIZE", 2)
+    invoice = samples.invoice(samples.customer(), [samples.fee(10000)], payment_status="succeeded")
+    records = [samples.payment(invoice, amount, manual=True) for amount in (3000, 4000, 5000)]
+    for record in records:
+        lago_api.add_payment(record)
+    commands = bound(lago_api).parse(samples.body(samples.webhook("invoice.payment_status_updated", invoice)))
+    assert {p.source_id for p in payments_of(commands)} == {r["lago_id"] for r in records}
+    assert len([r for r in lago_api.requests if r.path == "/api/v1/payments"]) == 2
+
+
+def test_nothing_is_read_back_for_an_invoice_with_nothing_paid(lago_api: LagoSimulator) -> None:
+    invoice = samples.invoice(samples.customer(), [samples.fee(10000)])
+    assert [type(c) for c in bound(lago_api).parse(samples.body(samples.webhook("invoice.created", invoice)))] == [
+        InvoiceData
+    ]
+    assert lago_api.requests == []
+
+
+def test_a_lago_refusal_fails_the_event_and_an_outage_leaves_it_for_later(lago_api: LagoSimulator) -> None:
+    invoice = samples.invoice(samples.customer(), [samples.fee(10000)], payment_status="succeeded")
+    body = samples.body(samples.webhook("invoice.payment_status_updated", invoice))
+    with pytest.raises(InvalidPayload, match=r"answered 401: Unauthorized\. Check the Lago API key"):
+        bound(lago_api, api_key="revoked").parse(body)
+    lago_api.fail_next_read("500", "429")
+    for _ in range(2):
+        with pytest.raises(lago.LagoUnavailable, match="try again later"):
+            bound(lago_api).parse(body)
+    assert ADAPTER.bind({}) is ADAPTER  # without an API key: what the webhooks carry
