@@ -39,7 +39,9 @@ Status mapping (Lago ``status`` / ``payment_status`` → ledger):
   exactly a receivable given up on, so the hub writes the unpaid rest off to bad debts (``write_off``,
   after the payments), the way the Stripe ``uncollectible`` status is posted.
 - ``invoice_type: credit`` (a purchase of wallet credits) is not a sale: once paid, its cash is the
-  customer's credit (unapplied cash, ``receive_on_account``), named ``<invoice>:payment``.
+  customer's credit (unapplied cash, ``receive_on_account``), named ``<invoice>:payment``. Lago's
+  payment record for it names an invoice the ledger never holds, so it is kept, never posted: the cash
+  reaches the ERP once.
 
 Payments. Lago's payment records (``payment.succeeded`` for payment providers, ``payment_receipt.created``
 for every succeeded payment, manual ones included, when receipts are on) are the payments, named by
@@ -59,8 +61,9 @@ is kept with a message for finance). A Lago API refusal (4xx) fails the event wi
 
 Customer credit. Credits used by an invoice are applied to it from the customer's credit
 (``apply_credit``, no new cash): purchased prepaid credits as ``<invoice>:prepaid-credits``, credit
-notes' credit as ``<invoice>:credit-notes``. Their ``amount_paid_minor`` includes them, so billing's
-receivable is the total less cash and credits used. Lago cannot be over-paid (a manual payment larger
+notes' credit as ``<invoice>:credit-notes``. The invoice's ``amount_paid_minor`` counts them, so what
+it leaves open is what Lago says is due (plus what credit notes issued on it offset, which reach the
+ERP as credit notes). Lago cannot be over-paid (a manual payment larger
 than what is due is refused; providers charge what is due): buying prepaid credits is how a customer
 pays ahead, and it is posted as the hub posts an over-payment (customer credit, later applied).
 
