@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from apps.connectors.documents import (
     CreditMemoDocument,
@@ -56,6 +56,15 @@ DISPUTE_MOVEMENTS = {
 }
 
 
+class TokenStore(Protocol):
+    """Credentials an ERP rotates (a refresh token), kept where every worker process reads them:
+    the connection's own store in the database, encrypted. Set on the connector by the executor."""
+
+    def load(self, name: str) -> str | None: ...
+
+    def save(self, name: str, value: str) -> None: ...
+
+
 class ERPConnector(abc.ABC):
     kind: ClassVar[str]
     dedupe_strategy: ClassVar[str]
@@ -70,6 +79,8 @@ class ERPConnector(abc.ABC):
         # Set by the executor: called before every request to the ERP, it waits for (or refuses)
         # a slot in the connection's request budget. Connectors call ``self.pace()``.
         self.pacer: Callable[[], None] | None = None
+        # Set by the executor: where rotated credentials are kept for every process (see TokenStore).
+        self.token_store: TokenStore | None = None
 
     def pace(self) -> None:
         if self.pacer is not None:

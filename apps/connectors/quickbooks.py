@@ -64,9 +64,11 @@ stale ``SyncToken``: transient, the next attempt reads the document again) and 6
 Closed" (6200 in Intuit's SDK enumerations too): 6200/6210 are ``closed_period`` for finance.
 
 **The refresh token rotates.** Intuit may answer a refresh with a new refresh token and the old one
-then stops working. The connector keeps the newest in memory for the life of the process and calls
-``on_refresh_token`` with it; it must be persisted (the connection's secret updated), or the next
-process starts from a dead token.
+then stops working. The connector saves the newest in the connection's token store (the hub's
+``routing.ConnectionToken``, encrypted) and every process reads the store before refreshing, so a
+rotation by one worker process does not leave the others with a dead token; a refusal is retried
+once with the stored token in case another process rotated it meanwhile. ``on_refresh_token`` is
+still called with each new token for callers that keep it elsewhere.
 """
 
 from __future__ import annotations
@@ -131,6 +133,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://quickbooks.api.intuit.com"
 DEFAULT_TOKEN_URL = "https://oauth.platform.intuit.com/oauth2/v1/tokens/bearer"
+REFRESH_TOKEN = "refresh_token"  # its name in the connection's token store
 DEFAULT_MINOR_VERSION = 75
 DOC_NUMBER_PREFIX = "HUB-"
 DOC_NUMBER_LENGTH = 21
@@ -292,7 +295,9 @@ def _refused(exc: requests.ConnectionError) -> bool:
 class QuickBooksAPI:
     """One company's API over one ``requests`` session, with its OAuth 2.0 tokens."""
 
-    def __init__(self, settings: dict[str, Any], pace: Callable[[], None]) -> None:
+    def __init__(
+        self, settings: dict[str, Any], pace: Callable[[], None], store: Callable[[], Any] = lambda: None
+    ) -> None:
         self.realm_id = str(settings["realm_id"])
         self.client_id = str(settings["client_id"])
         self.client_secret = str(settings["client_secret"])
@@ -305,6 +310,7 @@ class QuickBooksAPI:
         self.http = requests.Session()
         self.pace = pace
         self.on_refresh_token: Callable[[str], None] | None = None
+        self.store = store  # the connection's TokenStore, when the hub gave one
         self._access_token: str | None = None
         self._expires_at = 0.0
         self._lock = threading.Lock()
@@ -319,6 +325,23 @@ class QuickBooksAPI:
             return self._access_token
 
     def _refresh(self) -> None:
+        """Trade the refresh token for an access token. Intuit rotates the refresh token: the newest
+        one is kept in the connection's token store, so every worker process uses it; a refusal is
+        retried once with the stored one, in case another process rotated it meanwhile."""
+        store = self.store()
+        stored = store.load(REFRESH_TOKEN) if store is not None else None
+        if stored and stored != self.refresh_token:
+            self.refresh_token = stored
+        try:
+            self._refresh_once()
+        except AuthenticationError:
+            newer = store.load(REFRESH_TOKEN) if store is not None else None
+            if not newer or newer == self.refresh_token:
+                raise
+            self.refresh_token = newer
+            self._refresh_once()
+
+    def _refresh_once(self) -> None:
         self.pace()
         where = f"the token refresh at {self.token_url}"
         try:
@@ -356,10 +379,14 @@ class QuickBooksAPI:
         rotated = str(token.get("refresh_token") or "")
         if rotated and rotated != self.refresh_token:
             self.refresh_token = rotated
-            log.warning(
-                "QuickBooks rotated the refresh token of realm %s: persist the new one in the connection's secret",
-                self.realm_id,
-            )
+            store = self.store()
+            if store is not None:
+                store.save(REFRESH_TOKEN, rotated)
+                log.info("QuickBooks rotated the refresh token of realm %s; kept in the token store", self.realm_id)
+            else:
+                log.warning(
+                    "QuickBooks rotated the refresh token of realm %s and no token store keeps it", self.realm_id
+                )
             if self.on_refresh_token is not None:
                 self.on_refresh_token(rotated)
 
@@ -525,7 +552,7 @@ class QuickBooksConnector(ERPConnector):
         missing = [key for key in ("realm_id", "client_id", "client_secret", "refresh_token") if not settings.get(key)]
         if missing:
             raise ConfigurationError(f"QuickBooks connection settings lack {', '.join(missing)}")
-        self.api = QuickBooksAPI(settings, self.pace)
+        self.api = QuickBooksAPI(settings, self.pace, lambda: self.token_store)
         self.no_tax_code = str(settings.get("no_tax_code") or "NON")
         self.global_tax_calculation = str(settings.get("global_tax_calculation") or "")
         self._receivable_account = str(settings.get("receivable_account") or "")

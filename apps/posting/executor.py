@@ -65,6 +65,7 @@ from apps.posting.models import (
 )
 from apps.posting.planner import plan_writeback
 from apps.routing.models import ERPConnection
+from apps.routing.tokens import DatabaseTokenStore
 
 log = logging.getLogger(__name__)
 PACE_MAX_WAIT_SECONDS = 5.0
@@ -251,7 +252,9 @@ def _connector_for(posting: Posting) -> ERPConnector:
         resolved = posting.connection.resolved_settings()
     except MissingSecret as exc:
         raise ConfigurationError(str(exc)) from exc
-    return get_connector(posting.connection.kind, resolved)
+    connector = get_connector(posting.connection.kind, resolved)
+    connector.token_store = DatabaseTokenStore(posting.connection_id)
+    return connector
 
 
 def execute_posting(posting_id: int) -> str:

@@ -49,6 +49,23 @@ class ERPConnection(models.Model):
         return secrets.resolve(self.settings)
 
 
+class ConnectionToken(models.Model):
+    """A credential the ERP rotates (a QuickBooks refresh token), kept for every worker process,
+    encrypted with a key derived from the hub's SECRET_KEY (``apps/routing/tokens.py``). The
+    connection's settings hold the first one; this holds the newest."""
+
+    connection = models.ForeignKey(ERPConnection, on_delete=models.CASCADE, related_name="tokens")
+    name = models.CharField(max_length=64)
+    encrypted = models.TextField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["connection", "name"], name="connection_token_once")]
+
+    def __str__(self) -> str:
+        return f"{self.connection} {self.name}"
+
+
 class RoutingRule(models.Model):
     """Which ERP connection receives a document. Rules are evaluated by priority (lower first); a
     rule matches when every condition it sets holds (an empty condition matches anything), so a
