@@ -54,7 +54,10 @@ class ConsoleFormatter(logging.Formatter):
         if not hasattr(record, "correlation_id"):
             record.correlation_id = get_correlation_id() or "-"
         line = super().format(record)
-        fields = " ".join(f"{key}={value}" for key, value in _extras(record).items())
+        extras = _extras(record)
+        if record.name.startswith("celery."):
+            extras.pop("data", None)  # Celery's structured copy of what its message already says
+        fields = " ".join(f"{key}={value}" for key, value in extras.items())
         if not fields:
             return line
         head, newline, rest = line.partition("\n")  # a traceback stays below the fields
