@@ -205,6 +205,27 @@ CATALOGUE: dict[str, Entry] = {
         "reason.",
         FIX_IN_BILLING,
     ),
+    "billing_document_voided": Entry(
+        B,
+        "Not in billing",
+        "{document} is posted in the ERP, but the billing engine ({erp}) has voided the invoice, so the ERP "
+        "status cannot be written back to it. Nothing is wrong in the ERP: skip this writeback with a reason.",
+        FIX_IN_BILLING,
+    ),
+    "billing_metadata_full": Entry(
+        B,
+        "Billing record full",
+        "{document}: the billing engine ({erp}) holds no more metadata entries on this invoice, so the ERP "
+        "status cannot be written back. Remove an entry on the invoice in billing and retry, or skip this "
+        "writeback with a reason.",
+        FIX_IN_BILLING,
+    ),
+    "erp_document_missing": Entry(
+        B,
+        "ERP document missing",
+        "{document} cannot be posted to {erp}: the ERP document it acts on ({value}) is no longer there (deleted, "
+        "or linked to another record). Check it in the ERP, then link the right document or skip with a reason.",
+    ),
     "no_open_period": Entry(
         B,
         "Closed period",
