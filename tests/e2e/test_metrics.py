@@ -58,6 +58,8 @@ class Stack:
             HUB_SYNTHETIC_CONNECTION=SANDBOX,
             **{SYNTHETIC_SECRET_ENV: "synthetic-e2e-secret"},
         )
+        self.worker_metrics_url = f"http://127.0.0.1:{free_port()}/metrics"
+        env["HUB_WORKER_METRICS_PORT"] = self.worker_metrics_url.rsplit(":", 1)[1].removesuffix("/metrics")
         self.url = f"http://127.0.0.1:{free_port()}"
         self.web_log = (tmp_path / "gunicorn.log").open("w")
         self.web = subprocess.Popen(
@@ -244,6 +246,15 @@ def test_metrics_after_a_scripted_run_through_gunicorn_and_the_worker(
     assert value(samples, "hub_synthetic_last_success_timestamp_seconds", connection=SANDBOX) == pytest.approx(
         run.finished_at.timestamp()
     )
+
+    # The worker's own port shows what its pool processes counted (for a worker on another host).
+    from_worker = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(requests.get(stack.worker_metrics_url, timeout=10).text)
+        for sample in family.samples
+    }
+    assert value(from_worker, outcome, operation=Operation.POST_INVOICE, outcome="posted", **local) == 1
+    assert value(from_worker, "hub_posting_retries_total", reason="transient", **local) == 1
 
     # Protected by its token; health needs none. A paused connection is not a failure.
     assert requests.get(f"{stack.url}/metrics", timeout=10).status_code == 401
