@@ -12,8 +12,6 @@ process keeps its own values in memory.
 
 from __future__ import annotations
 
-import logging
-import os
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -22,9 +20,6 @@ from prometheus_client import Counter, Histogram
 if TYPE_CHECKING:
     from apps.posting.models import Posting
 
-log = logging.getLogger(__name__)
-
-MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 # Outcomes of an incoming event at the door.
 STORED = "stored"
