@@ -223,3 +223,36 @@ def test_an_amended_invoice_replaces_the_posted_version_in_tryton(client: Client
     [new] = tryton.invoices(f"{SOURCE}:{obj['id']}#r2")
     assert new["state"] == "paid"
     assert tryton.receivable(f"{SOURCE}:{customer_id}") == Decimal("0") == billing_receivable(customer_id)
+
+
+def test_payment_then_dispute_won_reinstates_the_funds(client: Client, tryton: Any) -> None:
+    obj = new_invoice()
+    customer_id = obj["customer"]["id"]
+    send(client, "invoice", obj)
+    pay = cs.payment(customer_id, [(obj["id"], 6150)])
+    send(client, "payment", pay)
+    send(client, "invoice", cs.changed(obj, status="paid", amount_paid_minor=6150))
+    posted(f"{pay['id']}:{obj['id']}", Operation.APPLY_PAYMENT)
+    dispute = {
+        "id": cs.uid("dp"),
+        "revision": cs.revision(),
+        "payment_id": pay["id"],
+        "currency": "USD",
+        "amount_minor": 6150,
+        "status": "open",
+        "reason": "product_not_received",
+        "opened_on": obj["invoice_date"],
+    }
+    send(client, "dispute", dispute)
+    posted(f"{dispute['id']}:withdrawn", Operation.WITHDRAW_DISPUTED_FUNDS)
+    before = {code: tryton.account_balance(code) for code in ("1150", "1190", "6810")}
+
+    send(client, "dispute", cs.changed(dispute, status="won", closed_on=obj["invoice_date"]))
+    posted(f"{dispute['id']}:reinstated", Operation.REINSTATE_DISPUTED_FUNDS)
+
+    after = {code: tryton.account_balance(code) for code in ("1150", "1190", "6810")}
+    assert after["1150"] - before["1150"] == Decimal("61.50")
+    assert after["1190"] - before["1190"] == Decimal("-61.50")
+    assert after["6810"] == before["6810"]
+    assert not Posting.objects.filter(source_id=f"{dispute['id']}:lost").exists()
+    assert tryton.receivable(f"{SOURCE}:{customer_id}") == Decimal("0") == billing_receivable(customer_id)
