@@ -35,7 +35,6 @@ from typing import Any
 
 from django.db import connection as db_connection
 from django.db.models import (
-    Aggregate,
     Case,
     Count,
     DateTimeField,
@@ -172,17 +171,6 @@ class EpochSeconds(Func):
         )
 
 
-class PercentileCont(Aggregate):
-    """PostgreSQL's ordered-set aggregate: the continuous percentile, interpolated linearly."""
-
-    function = "PERCENTILE_CONT"
-    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
-    output_field = FloatField()
-
-    def __init__(self, fraction: float, expression: Any, **extra: Any) -> None:
-        super().__init__(expression, fraction=repr(float(fraction)), **extra)
-
-
 def _bucket(field_name: str, b: Buckets) -> Floor:
     return Floor(
         (EpochSeconds(F(field_name)) - Value(b.start.timestamp(), output_field=FloatField()))
@@ -283,7 +271,34 @@ class LatencySeries:
     p99: list[float | None]
     count: list[int]
     overall: Percentiles
+
+
+@dataclass
+class LatencyStats:
+    """Percentiles over the window: overall, per bucket, per connection, per connection and bucket."""
+
+    buckets: Buckets
+    overall: Percentiles
+    by_bucket: dict[int, Percentiles]
+    by_connection: dict[int, Percentiles]
+    by_connection_bucket: dict[tuple[int, int], Percentiles]
     sampled: bool = False
+
+    def series(self, connection_id: int | None = None) -> LatencySeries:
+        """All connections together, or one."""
+        if connection_id is None:
+            found, overall = self.by_bucket, self.overall
+        else:
+            found = {i: p for (c, i), p in self.by_connection_bucket.items() if c == connection_id}
+            overall = self.by_connection.get(connection_id, NO_LATENCY)
+        points = [found.get(i, NO_LATENCY) for i in range(self.buckets.count)]
+        return LatencySeries(
+            p50=[p.p50 for p in points],
+            p95=[p.p95 for p in points],
+            p99=[p.p99 for p in points],
+            count=[p.count for p in points],
+            overall=overall,
+        )
 
 
 def _planning_event_received_at() -> Subquery:
@@ -300,95 +315,94 @@ def _planning_event_received_at() -> Subquery:
     )
 
 
-def posted_with_latency(b: Buckets, connection_ids: Iterable[int] | None = None) -> QuerySet[Posting]:
+def posted_with_latency(b: Buckets) -> QuerySet[Posting]:
     """Postings posted in the window, each with ``latency`` in seconds from its billing event."""
-    queryset = Posting.objects.filter(_in_window("posted_at", b), state=PostingState.POSTED)
-    if connection_ids is not None:
-        queryset = queryset.filter(connection_id__in=list(connection_ids))
-    return queryset.annotate(
-        event_at=Coalesce(_planning_event_received_at(), F("created_at"), output_field=DateTimeField())
-    ).annotate(latency=EpochSeconds(F("posted_at")) - EpochSeconds(F("event_at")))
+    return (
+        Posting.objects.filter(_in_window("posted_at", b), state=PostingState.POSTED)
+        .annotate(event_at=Coalesce(_planning_event_received_at(), F("created_at"), output_field=DateTimeField()))
+        .annotate(latency=EpochSeconds(F("posted_at")) - EpochSeconds(F("event_at")))
+    )
 
 
-def _percentiles_in_database(queryset: QuerySet[Any], group: str | None) -> dict[Any, Percentiles]:
-    aggregates = {name: PercentileCont(fraction, "latency") for name, fraction in PERCENTILES}
-    if group is None:
-        row = queryset.order_by().aggregate(n=Count("id"), **aggregates)
-        return {None: _from_row(row)}
-    rows = queryset.values(group).annotate(n=Count("id"), **aggregates).order_by()
-    return {row[group]: _from_row(row) for row in rows}
-
-
-def _from_row(row: dict[str, Any]) -> Percentiles:
-    def seconds(value: Any) -> float | None:
-        return None if value is None else round(float(value), 3)
-
-    return Percentiles(row["n"], seconds(row["p50"]), seconds(row["p95"]), seconds(row["p99"]))
+def _seconds(value: Any) -> float | None:
+    return None if value is None else round(float(value), 3)
 
 
 def _from_values(values: list[float]) -> Percentiles:
     if not values:
         return NO_LATENCY
     ordered = sorted(values)
-    found = {name: percentile(ordered, fraction) for name, fraction in PERCENTILES}
-    return Percentiles(len(ordered), *(None if v is None else round(v, 3) for v in found.values()))
+    return Percentiles(len(ordered), *(_seconds(percentile(ordered, fraction)) for _, fraction in PERCENTILES))
 
 
-def _sample(b: Buckets, connection_ids: Iterable[int] | None) -> tuple[list[tuple[int, datetime, float]], bool]:
+def _stats_in_database(b: Buckets) -> LatencyStats:
+    """One scan: each posting's latency is computed once, then ``percentile_cont`` over the grouping
+    sets (connection and bucket, bucket, connection, everything)."""
+    inner = (
+        posted_with_latency(b)
+        .annotate(bucket=_bucket("posted_at", b))
+        .values_list("connection_id", "bucket", "latency")
+        .order_by()
+    )
+    inner_sql, params = inner.query.sql_with_params()
+    fractions = ", ".join(repr(fraction) for _, fraction in PERCENTILES)
+    sql = (
+        "SELECT connection_id, bucket, GROUPING(connection_id), GROUPING(bucket), COUNT(*), "
+        f"PERCENTILE_CONT(ARRAY[{fractions}]) WITHIN GROUP (ORDER BY latency) "
+        f"FROM ({inner_sql}) AS posted "
+        "GROUP BY GROUPING SETS ((connection_id, bucket), (bucket), (connection_id), ())"
+    )
+    stats = LatencyStats(b, NO_LATENCY, {}, {}, {})
+    with db_connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        for connection_id, bucket, no_connection, no_bucket, count, found in cursor.fetchall():
+            if not count:
+                continue
+            percentiles = Percentiles(count, *(_seconds(value) for value in found))
+            if no_connection and no_bucket:
+                stats.overall = percentiles
+            elif no_connection:
+                stats.by_bucket[int(bucket)] = percentiles
+            elif no_bucket:
+                stats.by_connection[connection_id] = percentiles
+            else:
+                stats.by_connection_bucket[(connection_id, int(bucket))] = percentiles
+    return stats
+
+
+def _stats_in_python(b: Buckets) -> LatencyStats:
     rows = list(
-        posted_with_latency(b, connection_ids)
+        posted_with_latency(b)
         .order_by("-posted_at")
         .values_list("connection_id", "posted_at", "latency")[:LATENCY_SAMPLE]
     )
-    return [(c, at, float(latency)) for c, at, latency in rows], len(rows) == LATENCY_SAMPLE
-
-
-def _use_database(in_database: bool | None) -> bool:
-    return db_connection.vendor == "postgresql" if in_database is None else in_database
-
-
-def latency(
-    b: Buckets, connection_ids: Iterable[int] | None = None, *, in_database: bool | None = None
-) -> LatencySeries:
-    """p50/p95/p99 per bucket and over the whole window. ``in_database``: ``percentile_cont`` in
-    PostgreSQL (the default there) or Python over the latest postings (the default elsewhere)."""
-    ids = None if connection_ids is None else list(connection_ids)
-    per_bucket: dict[int, Percentiles] = {}
-    sampled = False
-    if _use_database(in_database):
-        queryset = posted_with_latency(b, ids)
-        overall = _percentiles_in_database(queryset, None)[None]
-        bucketed = queryset.annotate(bucket=_bucket("posted_at", b))
-        for index, found in _percentiles_in_database(bucketed, "bucket").items():
-            per_bucket[int(index)] = found
-    else:
-        rows, sampled = _sample(b, ids)
-        overall = _from_values([latency for _, _, latency in rows])
-        values: dict[int, list[float]] = defaultdict(list)
-        for _, posted_at, seconds in rows:
-            index = b.index(posted_at)
-            if index is not None:
-                values[index].append(seconds)
-        per_bucket = {index: _from_values(found) for index, found in values.items()}
-    series = [per_bucket.get(i, NO_LATENCY) for i in range(b.count)]
-    return LatencySeries(
-        p50=[p.p50 for p in series],
-        p95=[p.p95 for p in series],
-        p99=[p.p99 for p in series],
-        count=[p.count for p in series],
-        overall=overall,
-        sampled=sampled,
+    everything: list[float] = []
+    by_bucket: dict[int, list[float]] = defaultdict(list)
+    by_connection: dict[int, list[float]] = defaultdict(list)
+    by_connection_bucket: dict[tuple[int, int], list[float]] = defaultdict(list)
+    for connection_id, posted_at, latency in rows:
+        seconds = float(latency)
+        index = b.index(posted_at)
+        everything.append(seconds)
+        by_connection[connection_id].append(seconds)
+        if index is not None:
+            by_bucket[index].append(seconds)
+            by_connection_bucket[(connection_id, index)].append(seconds)
+    return LatencyStats(
+        b,
+        _from_values(everything),
+        {key: _from_values(values) for key, values in by_bucket.items()},
+        {key: _from_values(values) for key, values in by_connection.items()},
+        {key: _from_values(values) for key, values in by_connection_bucket.items()},
+        sampled=len(rows) == LATENCY_SAMPLE,
     )
 
 
-def latency_by_connection(b: Buckets, *, in_database: bool | None = None) -> dict[int, Percentiles]:
-    if _use_database(in_database):
-        return _percentiles_in_database(posted_with_latency(b), "connection_id")
-    rows, _ = _sample(b, None)
-    values: dict[int, list[float]] = defaultdict(list)
-    for connection_id, _, seconds in rows:
-        values[connection_id].append(seconds)
-    return {connection_id: _from_values(found) for connection_id, found in values.items()}
+def latency_stats(b: Buckets, *, in_database: bool | None = None) -> LatencyStats:
+    """Event-to-posted latency percentiles. ``in_database``: ``percentile_cont`` in PostgreSQL (the
+    default there) or Python over the latest ``LATENCY_SAMPLE`` postings (the default elsewhere)."""
+    use_database = db_connection.vendor == "postgresql" if in_database is None else in_database
+    return _stats_in_database(b) if use_database else _stats_in_python(b)
 
 
 # -- backlog ------------------------------------------------------------------------------------
@@ -594,13 +608,17 @@ def breaches_of(health: ConnectionHealth, window: Window) -> list[Breach]:
 
 
 def connection_health(
-    b: Buckets, *, in_database: bool | None = None, outcomes: dict[int, Outcomes] | None = None
+    b: Buckets,
+    *,
+    in_database: bool | None = None,
+    outcomes: dict[int, Outcomes] | None = None,
+    latencies: LatencyStats | None = None,
 ) -> list[ConnectionHealth]:
     """Each connection's figures over the window (backlog and open cases: now) and its breaches."""
     connections = list(ERPConnection.objects.order_by("name"))
     slas = {sla.connection_id: sla for sla in ConnectionSLA.objects.all()}
     outcomes = outcomes_by_connection(b) if outcomes is None else outcomes
-    latencies = latency_by_connection(b, in_database=in_database)
+    latencies = latency_stats(b, in_database=in_database) if latencies is None else latencies
     backlog = current_backlog()
     cases = open_cases_by_connection()
     report = []
@@ -613,7 +631,7 @@ def connection_health(
             posted=counted.total_posted if counted else 0,
             failed=counted.total_failed if counted else 0,
             success_rate=counted.overall_rate if counted else None,
-            latency=latencies.get(connection.pk, NO_LATENCY),
+            latency=latencies.by_connection.get(connection.pk, NO_LATENCY),
             backlog=backlog.get(connection.pk, 0),
             open_cases=open_count,
             oldest_case_age=(b.now - oldest) if oldest else None,
@@ -640,11 +658,12 @@ def build(
     """Everything the page shows: the SLA table, the breaches in words and the charts' data."""
     b = buckets(window if window in WINDOWS else DEFAULT_WINDOW, now)
     outcomes = outcomes_by_connection(b)
-    health = connection_health(b, in_database=in_database, outcomes=outcomes)
+    stats = latency_stats(b, in_database=in_database)
+    health = connection_health(b, outcomes=outcomes, latencies=stats)
     shown = [h for h in health if connection is None or h.connection.pk == connection.pk]
     selected_ids = None if connection is None else [connection.pk]
     backlog = backlog_by_connection(b)
-    lat = latency(b, selected_ids, in_database=in_database)
+    lat = stats.series(None if connection is None else connection.pk)
     aging = exception_aging(b, selected_ids)
 
     def success_dataset(h: ConnectionHealth) -> dict[str, Any]:
@@ -691,7 +710,7 @@ def build(
         "breaches": [breach for h in shown for breach in h.breaches],
         "charts": charts,
         "latency_overall": lat.overall,
-        "latency_sampled": lat.sampled,
+        "latency_sampled": stats.sampled,
         "aging_truncated": aging.truncated,
         "reconciliation_note": RECONCILIATION_NOTE,
     }

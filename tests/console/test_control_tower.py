@@ -137,8 +137,8 @@ def test_latency_counts_from_the_event_that_planned_the_posting(
     seeded: dict[str, ERPConnection], in_database: bool
 ) -> None:
     a = seeded["a"].pk
-    day = tower.buckets("day", NOW)
-    series = tower.latency(day, [a], in_database=in_database)
+    stats = tower.latency_stats(tower.buckets("day", NOW), in_database=in_database)
+    series = stats.series(a)
     assert series.count[22:] == [4, 3] and sum(series.count) == 7
     # [60, 120, 180, 240] and [10, 20, 30], interpolated like percentile_cont.
     assert (series.p50[22], series.p95[22], series.p99[22]) == (150.0, 231.0, 238.2)
@@ -146,13 +146,14 @@ def test_latency_counts_from_the_event_that_planned_the_posting(
     assert series.p95[:22] == [None] * 22
     assert series.overall == tower.Percentiles(7, 60.0, 222.0, 236.4)
 
-    by_connection = tower.latency_by_connection(day, in_database=in_database)
-    assert by_connection[seeded["b"].pk] == tower.Percentiles(1, 600.0, 600.0, 600.0)
-    assert by_connection[a] == series.overall
-    assert seeded["c"].pk not in by_connection
+    assert stats.by_connection[seeded["b"].pk] == tower.Percentiles(1, 600.0, 600.0, 600.0)
+    assert stats.by_connection[a] == series.overall
+    assert seeded["c"].pk not in stats.by_connection
 
-    everyone = tower.latency(day, in_database=in_database)
+    everyone = stats.series()
     assert everyone.count[23] == 4 and everyone.p50[23] == 25.0  # [10, 20, 30, 600]
+    assert everyone.overall == tower.Percentiles(8, 90.0, 474.0, 574.8)  # [10, 20, 30, 60, 120, 180, 240, 600]
+    assert not stats.sampled
 
 
 def test_backlog_is_rebuilt_at_the_end_of_each_bucket_and_ends_at_the_live_count(
