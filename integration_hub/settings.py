@@ -90,6 +90,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "apps.console.context.operations_links",
             ],
         },
     },
@@ -216,6 +217,9 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(os.environ.get("HUB_SYNTHETIC_SECONDS", "300")),
     },
 }
+
+# Where Flower (Celery's monitor) is reachable, linked from the admin index; empty hides the link.
+HUB_FLOWER_URL = os.environ.get("HUB_FLOWER_URL", "")
 
 # --- The hub ------------------------------------------------------------------------------------
 HUB = {

@@ -612,3 +612,7 @@ class ConnectionSLAAdmin(admin.ModelAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ConnectionSLA]) -> None:
         for sla in queryset.select_related("connection"):
             self.delete_model(request, sla)
+
+
+# The admin index adds an Operations box: the control tower, Flower (HUB_FLOWER_URL) and readiness.
+admin.site.index_template = "console/admin_index.html"
