@@ -3,6 +3,40 @@
 Handles both shapes Stripe has published: older API versions (invoice.payment_intent,
 invoice.charge, invoice.tax, line.price, line.tax_amounts) and newer ones (invoice.payments,
 invoice.total_taxes, line.pricing.price_details, line.taxes).
+
+Customer credit. Stripe keeps money a customer has that no invoice has taken in two places, and
+the hub posts both the way it posts every over-payment: unapplied cash on the customer's account
+(``receive_on_account``) when it arrives, and credit applied to an invoice (``apply_credit``, a
+``from_credit`` application, no new cash) when Stripe uses it.
+
+- The **credit balance** (``customer.balance``; negative is credit). An invoice paid more than it
+  asked (``amount_overpaid``, API 2025-03-31 and later, with ``invoice.overpaid``) keeps what it
+  asked and Stripe credits the rest to the balance (an ``invoice_overpaid`` balance transaction).
+  The hub posts that rest as the customer's credit, named ``<invoice>:overpaid``, and applies only
+  ``amount_paid - amount_overpaid`` of the payment to the invoice. Stripe applies the balance to the
+  next invoice it finalizes: ``starting_balance`` is the credit before, ``ending_balance`` what is
+  left, ``amount_due`` what remains to pay. The credit taken (``ending_balance - starting_balance``,
+  at most the total) is posted as credit applied to that invoice, named ``<invoice>:customer-balance``.
+  The invoice's paid amount counts it, as Lago's and Chargebee's do, so what the ledger leaves open
+  is Stripe's ``amount_remaining``. Balance transactions send no webhook: credit from a credit note
+  reaches the ERP as the credit note; a manual ``adjustment`` reaches it only when an invoice uses it,
+  and then shows in the ERP as an open debit on the customer for finance to book (goodwill or cash
+  received elsewhere). A voided invoice gives its credit back to the balance: none is posted for it.
+- The **cash balance** (bank transfers through the ``customer_balance`` payment method). Each
+  ``customer_cash_balance_transaction.created`` names the money moved. ``funded``: the customer
+  transferred cash, which stays in the cash balance until Stripe reconciles it with a payment, and
+  what a transfer brings beyond what is owed stays there for the next one: posted as unapplied cash
+  when it arrives, named after the transaction (``ccsbtxn_…``). A payment made from the cash balance
+  is settled from that credit (``apply_credit``): a charge whose ``payment_method_details.type`` is
+  ``customer_balance``, a PaymentIntent whose only payment method type is ``customer_balance``, and
+  an invoice whose only payment method type is ``customer_balance`` (how Stripe sets up bank-transfer
+  invoices). ``applied_to_payment`` names only the PaymentIntent, not the invoice: it records that
+  payment, and the invoice's own event applies it. An invoice that offers bank transfer beside
+  other methods does not say which one paid it, and Stripe's events do not either: it is posted as a
+  cash payment, so finance must match such a payment with the transfer by hand. The other types
+  (``unapplied_from_payment``, ``refunded_from_payment``, ``return_initiated``, ``return_canceled``,
+  ``funding_reversed``, ``transferred_to_balance``, ``adjusted_for_overdraft``) move money the hub
+  posts no document for: the event fails with a message saying what to record by hand.
 """
 
 from __future__ import annotations
@@ -46,6 +80,7 @@ INVOICE_EVENTS = {
     "invoice.payment_succeeded",
     "invoice.voided",
     "invoice.marked_uncollectible",
+    "invoice.overpaid",
 }
 PAYMENT_EVENTS = {"payment_intent.succeeded", "charge.succeeded"}
 CREDIT_NOTE_EVENTS = {"credit_note.created", "credit_note.updated", "credit_note.voided"}
@@ -63,9 +98,23 @@ SUBSCRIPTION_EVENTS = {
     "customer.subscription.paused",
     "customer.subscription.resumed",
 }
+CASH_BALANCE_EVENTS = {"customer_cash_balance_transaction.created"}
 SUPPORTED_EVENTS = (
-    CUSTOMER_EVENTS | INVOICE_EVENTS | PAYMENT_EVENTS | CREDIT_NOTE_EVENTS | DISPUTE_EVENTS | SUBSCRIPTION_EVENTS
+    CUSTOMER_EVENTS
+    | INVOICE_EVENTS
+    | PAYMENT_EVENTS
+    | CREDIT_NOTE_EVENTS
+    | DISPUTE_EVENTS
+    | SUBSCRIPTION_EVENTS
+    | CASH_BALANCE_EVENTS
 )
+# The hub's names for the parts of an invoice settled from or left as the customer's credit.
+OVERPAID_SUFFIX = ":overpaid"
+CUSTOMER_BALANCE_SUFFIX = ":customer-balance"
+# Stripe's payment method type for payments from the cash balance; the hub's method for payments
+# from the credit balance (payment journal mappings are keyed by method).
+CASH_BALANCE_METHOD = "customer_balance"
+CREDIT_BALANCE_METHOD = "credit_balance"
 # Stripe's dispute statuses: warning_* are inquiries (no money moved); the others withdrew the funds.
 _DISPUTE_STATUS = {
     "warning_needs_response": "inquiry",
@@ -253,6 +302,7 @@ def invoice_from_object(obj: dict[str, Any], version: int) -> InvoiceData:
     }.get(status)
     if invoice_date is None:
         raise InvalidPayload(f"{what} has no finalization or creation date.")
+    settled = _cash_applied(obj, what) + (credit_balance_applied(obj) if status != "void" else 0)
     return InvoiceData(
         source_id=invoice_id,
         source_version=version,
@@ -263,7 +313,7 @@ def invoice_from_object(obj: dict[str, Any], version: int) -> InvoiceData:
         subtotal_minor=_int(obj, "subtotal", what),
         tax_minor=tax,
         total_minor=_int(obj, "total", what),
-        amount_paid_minor=int(obj.get("amount_paid") or 0),
+        amount_paid_minor=settled,
         invoice_date=invoice_date,
         due_date=_date(obj.get("due_date")),
         lines=lines,
@@ -286,22 +336,121 @@ def _invoice_payment_id(obj: dict[str, Any]) -> str:
     return f"{_id(obj)}:paid"
 
 
+def _overpaid(obj: dict[str, Any], what: str) -> int:
+    """What the invoice's payments brought beyond what it asked (Stripe credits it to the
+    customer's credit balance); 0 in API versions without ``amount_overpaid``."""
+    if obj.get("amount_overpaid") in (None, 0):
+        return 0
+    overpaid = _int(obj, "amount_overpaid", what)
+    if overpaid < 0 or overpaid > int(obj.get("amount_paid") or 0):
+        raise InvalidPayload(
+            f"{what}: 'amount_overpaid' {overpaid} must be between 0 and 'amount_paid' {obj.get('amount_paid')}."
+        )
+    return overpaid
+
+
+def _cash_applied(obj: dict[str, Any], what: str) -> int:
+    """What the invoice's payments settled of it: what was paid, less what went to the credit balance."""
+    return int(obj.get("amount_paid") or 0) - _overpaid(obj, what)
+
+
+def credit_balance_applied(obj: dict[str, Any]) -> int:
+    """The customer credit Stripe took from the credit balance when it finalized the invoice: the
+    balance went from ``starting_balance`` to ``ending_balance`` (negative is credit). 0 before
+    finalization (``ending_balance`` null) and when the balance was a debt carried forward."""
+    starting, ending = obj.get("starting_balance"), obj.get("ending_balance")
+    if isinstance(starting, bool) or not isinstance(starting, int) or starting >= 0:
+        return 0
+    if isinstance(ending, bool) or not isinstance(ending, int):
+        return 0
+    total = obj.get("total")
+    taken = min(ending, 0) - starting
+    return max(0, min(taken, total if isinstance(total, int) else taken))
+
+
+def _paid_from_cash_balance(obj: dict[str, Any]) -> bool:
+    """An invoice that can only be paid from the customer's cash balance (a bank-transfer invoice)."""
+    methods = (obj.get("payment_settings") or {}).get("payment_method_types") or []
+    return list(methods) == [CASH_BALANCE_METHOD]
+
+
 def payment_from_paid_invoice(obj: dict[str, Any], version: int) -> PaymentData | None:
-    paid = int(obj.get("amount_paid") or 0)
-    if paid <= 0:
+    what = f"Invoice {obj.get('number') or _id(obj)}"
+    applied = _cash_applied(obj, what)
+    if applied <= 0:
         return None  # paid by credit balance or a zero invoice: nothing reached the bank
     transitions = obj.get("status_transitions") or {}
     settled = transitions.get("paid_at") or version
+    payment_id = _invoice_payment_id(obj)
+    # A bank-transfer invoice is paid from the cash balance, posted as credit when it was funded.
+    from_cash_balance = _paid_from_cash_balance(obj) and not payment_id.endswith(":paid")
     return PaymentData(
-        source_id=_invoice_payment_id(obj),
+        source_id=payment_id,
         source_version=version,
         customer_source_id=_id(obj.get("customer")),
-        currency=_currency(obj, f"Invoice {obj.get('number') or _id(obj)}"),
-        amount_minor=paid,
+        currency=_currency(obj, what),
+        amount_minor=applied,
+        method=CASH_BALANCE_METHOD if from_cash_balance else "stripe",
+        settled_at=datetime.fromtimestamp(int(settled), UTC),
+        applications=(
+            PaymentApplicationData(invoice_source_id=_id(obj), amount_minor=applied, from_credit=from_cash_balance),
+        ),
+        unapplied_is_credit=not from_cash_balance,
+    )
+
+
+def overpayment_from_invoice(obj: dict[str, Any], version: int) -> PaymentData | None:
+    """What the invoice's payments brought beyond what it asked: the customer's credit (Stripe
+    puts it on the credit balance), named ``<invoice>:overpaid``."""
+    what = f"Invoice {obj.get('number') or _id(obj)}"
+    overpaid = _overpaid(obj, what)
+    if overpaid <= 0:
+        return None
+    settled = (obj.get("status_transitions") or {}).get("paid_at") or version
+    return PaymentData(
+        source_id=f"{_id(obj)}{OVERPAID_SUFFIX}",
+        source_version=version,
+        customer_source_id=_id(obj.get("customer")),
+        currency=_currency(obj, what),
+        amount_minor=overpaid,
         method="stripe",
         settled_at=datetime.fromtimestamp(int(settled), UTC),
-        applications=(PaymentApplicationData(invoice_source_id=_id(obj), amount_minor=paid),),
+        unapplied_is_credit=True,
     )
+
+
+def credit_balance_payment(obj: dict[str, Any], version: int) -> PaymentData | None:
+    """The part of the invoice Stripe settled from the customer's credit balance when it finalized
+    it, applied from the customer's credit, named ``<invoice>:customer-balance``. None for a voided
+    invoice: Stripe gives its credit back to the balance."""
+    credit = credit_balance_applied(obj)
+    if credit <= 0 or obj.get("status") == "void":
+        return None
+    what = f"Invoice {obj.get('number') or _id(obj)}"
+    transitions = obj.get("status_transitions") or {}
+    applied_at = transitions.get("finalized_at") or obj.get("effective_at") or obj.get("created") or version
+    return PaymentData(
+        source_id=f"{_id(obj)}{CUSTOMER_BALANCE_SUFFIX}",
+        source_version=version,
+        customer_source_id=_id(obj.get("customer")),
+        currency=_currency(obj, what),
+        amount_minor=credit,
+        method=CREDIT_BALANCE_METHOD,
+        settled_at=datetime.fromtimestamp(int(applied_at), UTC),
+        applications=(PaymentApplicationData(invoice_source_id=_id(obj), amount_minor=credit, from_credit=True),),
+        unapplied_is_credit=False,
+    )
+
+
+def invoice_commands(obj: dict[str, Any], version: int, *, paid: bool) -> list[LedgerCommand]:
+    """The invoice, what Stripe took for it from the credit balance, and, when ``paid``, the
+    payment that settled it and what that payment brought beyond it."""
+    commands: list[LedgerCommand] = [invoice_from_object(obj, version)]
+    parts = [credit_balance_payment(obj, version)]
+    if paid:
+        parts += [payment_from_paid_invoice(obj, version), overpayment_from_invoice(obj, version)]
+    commands.extend(part for part in parts if part is not None)
+    return commands
 
 
 def payment_from_intent_or_charge(obj: dict[str, Any], version: int) -> PaymentData:
@@ -317,6 +466,8 @@ def payment_from_intent_or_charge(obj: dict[str, Any], version: int) -> PaymentD
         amount = _int(obj, "amount_captured", what) or _int(obj, "amount", what)
         method = str((obj.get("payment_method_details") or {}).get("type") or "stripe")
     invoice_id = _id(obj.get("invoice"))
+    # Paid from the cash balance: that cash was posted as the customer's credit when it was funded.
+    from_cash_balance = method == CASH_BALANCE_METHOD
     return PaymentData(
         source_id=source_id,
         source_version=version,
@@ -325,9 +476,88 @@ def payment_from_intent_or_charge(obj: dict[str, Any], version: int) -> PaymentD
         amount_minor=amount,
         method=method,
         settled_at=datetime.fromtimestamp(int(obj.get("created") or version), UTC),
-        applications=(PaymentApplicationData(invoice_source_id=invoice_id, amount_minor=amount),) if invoice_id else (),
-        unapplied_is_credit=bool(invoice_id),  # without one, invoice.paid names the invoice later
+        applications=(
+            PaymentApplicationData(invoice_source_id=invoice_id, amount_minor=amount, from_credit=from_cash_balance),
+        )
+        if invoice_id
+        else (),
+        # Without an invoice, invoice.paid names it later; cash from the cash balance is credit already.
+        unapplied_is_credit=bool(invoice_id) and not from_cash_balance,
     )
+
+
+# --- the cash balance ------------------------------------------------------------------------------
+
+# Cash balance transactions that move money the hub posts no document for, and what finance records.
+_CASH_BALANCE_BY_HAND = {
+    "unapplied_from_payment": "a payment made from the cash balance was undone and its funds went back to the "
+    "customer's cash balance: reverse that payment's credit application in the ERP",
+    "refunded_from_payment": "a payment was refunded into the customer's cash balance: record the refund as "
+    "customer credit in the ERP",
+    "return_initiated": "cash from the customer's cash balance is being returned to their bank account: record the "
+    "refund of customer credit in the ERP",
+    "return_canceled": "a return of cash balance funds was canceled and the funds are back in the cash balance: "
+    "reverse the refund of customer credit in the ERP",
+    "funding_reversed": "a bank transfer that funded the cash balance was reversed: reverse that unapplied cash in "
+    "the ERP",
+    "transferred_to_balance": "funds left the customer's cash balance for the Stripe balance: record it in the ERP",
+    "adjusted_for_overdraft": "Stripe took funds from the Stripe balance to cover the customer's negative cash "
+    "balance: record it in the ERP",
+}
+
+
+def cash_balance_transaction(obj: dict[str, Any], version: int) -> list[LedgerCommand]:
+    """A change of the customer's cash balance: money a customer transferred that waits for a payment."""
+    txn_id = _id(obj)
+    kind = str(obj.get("type") or "")
+    what = f"Cash balance transaction {txn_id} ({kind or 'no type'})"
+    customer = _id(obj.get("customer"))
+    if not customer:
+        raise InvalidPayload(f"{what} names no customer.")
+    net = _int(obj, "net_amount", what)
+    created = datetime.fromtimestamp(int(obj.get("created") or version), UTC)
+    if kind == "funded":
+        if net <= 0:
+            raise InvalidPayload(f"{what}: 'net_amount' of a funding must be positive, got {net}.")
+        transfer = (obj.get("funded") or {}).get("bank_transfer") or {}
+        return [
+            # Fills blanks only: the customer object (customer.created/updated) stays authoritative.
+            CustomerData(source_id=customer, source_version=version, name=customer, snapshot=True),
+            PaymentData(
+                source_id=txn_id,
+                source_version=version,
+                customer_source_id=customer,
+                currency=_currency(obj, what),
+                amount_minor=net,
+                method=str(transfer.get("type") or "bank_transfer"),
+                settled_at=created,
+                unapplied_is_credit=True,
+            ),
+        ]
+    if kind == "applied_to_payment":
+        payment_intent = _id((obj.get("applied_to_payment") or {}).get("payment_intent"))
+        if not payment_intent:
+            raise InvalidPayload(f"{what} names no payment_intent.")
+        # The invoice it pays is named by the invoice's events, which apply it from the credit.
+        return [
+            PaymentData(
+                source_id=payment_intent,
+                source_version=version,
+                customer_source_id=customer,
+                currency=_currency(obj, what),
+                amount_minor=-net,
+                method=CASH_BALANCE_METHOD,
+                settled_at=created,
+                unapplied_is_credit=False,
+            )
+        ]
+    if kind in _CASH_BALANCE_BY_HAND:
+        amount = f"{abs(net)} minor units of {str(obj.get('currency') or '').upper()}"
+        raise InvalidPayload(
+            f"{what} for customer {customer}, {amount}: {_CASH_BALANCE_BY_HAND[kind]}. The hub posts no document for "
+            "it; once it is recorded, skip this event."
+        )
+    raise InvalidPayload(f"{what}: the hub does not know this cash balance transaction type; record it by hand.")
 
 
 def _credit_line(line: dict[str, Any], memo_id: str) -> CreditMemoLineData:
@@ -445,21 +675,13 @@ def parse_event(event: dict[str, Any]) -> list[LedgerCommand]:
     if event_type in CUSTOMER_EVENTS:
         return [customer_from_object(obj, version)]
     if event_type == BACKFILL_EVENT:
-        backfilled: list[LedgerCommand] = [invoice_from_object(obj, version)]
-        if int(obj.get("amount_paid") or 0) > 0:
-            paid_part = payment_from_paid_invoice(obj, version)
-            if paid_part is not None:
-                backfilled.append(paid_part)
-        return backfilled
+        return invoice_commands(obj, version, paid=int(obj.get("amount_paid") or 0) > 0)
     if event_type == "invoice.updated" and obj.get("status") == "draft":
         raise IgnoredEvent("invoice.updated of a draft invoice: only finalized invoices are posted.")
     if event_type in INVOICE_EVENTS:
-        commands: list[LedgerCommand] = [invoice_from_object(obj, version)]
-        if obj.get("status") == "paid":
-            payment = payment_from_paid_invoice(obj, version)
-            if payment is not None:
-                commands.append(payment)
-        return commands
+        return invoice_commands(obj, version, paid=obj.get("status") == "paid")
+    if event_type in CASH_BALANCE_EVENTS:
+        return cash_balance_transaction(obj, version)
     if event_type in PAYMENT_EVENTS:
         return [payment_from_intent_or_charge(obj, version)]
     if event_type in CREDIT_NOTE_EVENTS:

@@ -108,7 +108,10 @@ def invoice(
     number: str | None = None,
     customer_name: str = "ACME Corp",
     payment_intent: str | None = None,
+    payment_method_types: list[str] | None = None,
 ) -> dict[str, Any]:
+    """``payment_method_types``: the invoice's payment settings (``["customer_balance"]`` for an
+    invoice paid by bank transfer); None takes the account's defaults, as Stripe does."""
     subtotal = sum(item["amount"] for item in lines)
     tax = sum(t["amount"] for item in lines for t in item["taxes"])
     total = subtotal + tax
@@ -143,7 +146,11 @@ def invoice(
         "total_taxes": [{"amount": tax, "tax_behavior": "exclusive"}] if tax else [],
         "amount_due": total,
         "amount_paid": total if paid else 0,
+        "amount_overpaid": 0,
         "amount_remaining": 0 if paid else total,
+        "starting_balance": 0,
+        "ending_balance": 0,
+        "payment_settings": {"default_mandate": None, "payment_method_types": payment_method_types},
         "status_transitions": {
             "finalized_at": now - 30,
             "paid_at": now if paid else None,
@@ -167,12 +174,19 @@ def invoice(
     return obj
 
 
-def paid(invoice_obj: dict[str, Any], payment_intent: str | None = None) -> dict[str, Any]:
-    """The same invoice as Stripe sends it in invoice.paid."""
+def paid(
+    invoice_obj: dict[str, Any], payment_intent: str | None = None, amount_paid: int | None = None
+) -> dict[str, Any]:
+    """The same invoice as Stripe sends it in invoice.paid: its amount due paid by one PaymentIntent.
+    ``amount_paid`` beyond the amount due is an over-payment (``amount_overpaid``), which Stripe
+    credits to the customer's credit balance."""
     obj = json.loads(json.dumps(invoice_obj))
     now = int(time.time())
+    due = obj["amount_due"]
+    received = due if amount_paid is None else amount_paid
     obj["status"] = "paid"
-    obj["amount_paid"] = obj["total"]
+    obj["amount_paid"] = received
+    obj["amount_overpaid"] = max(received - due, 0)
     obj["amount_remaining"] = 0
     obj["status_transitions"]["paid_at"] = now
     obj["payments"] = {
@@ -180,12 +194,28 @@ def paid(invoice_obj: dict[str, Any], payment_intent: str | None = None) -> dict
         "data": [
             {
                 "object": "invoice_payment",
-                "amount_paid": obj["total"],
+                "amount_paid": received,
+                "amount_requested": due,
                 "status": "paid",
                 "payment": {"type": "payment_intent", "payment_intent": payment_intent or uid("pi")},
             }
         ],
     }
+    return obj
+
+
+def with_credit_balance(invoice_obj: dict[str, Any], credit: int) -> dict[str, Any]:
+    """The same invoice as Stripe finalizes it for a customer whose credit balance holds ``credit``
+    (minor units): Stripe takes what it can of the credit, and the rest of the total is due."""
+    obj = json.loads(json.dumps(invoice_obj))
+    taken = min(credit, obj["total"])
+    obj["starting_balance"] = -credit
+    obj["ending_balance"] = -(credit - taken)
+    obj["amount_due"] = obj["total"] - taken
+    obj["amount_remaining"] = obj["amount_due"] - obj["amount_paid"]
+    if obj["amount_due"] == 0:  # the credit paid it all: Stripe marks it paid at finalization
+        obj["status"] = "paid"
+        obj["status_transitions"]["paid_at"] = obj["status_transitions"]["finalized_at"]
     return obj
 
 
@@ -288,6 +318,60 @@ def payment_intent(customer_id: str, invoice_id: str, amount: int, currency: str
         "invoice": invoice_id,
         "status": "succeeded",
         "payment_method_types": ["card"],
+        "created": int(time.time()),
+        "livemode": False,
+    }
+
+
+def cash_balance_transaction(
+    customer_id: str,
+    kind: str,
+    net_amount: int,
+    *,
+    ending_balance: int,
+    payment_intent: str | None = None,
+    reference: str = "",
+    currency: str = "usd",
+) -> dict[str, Any]:
+    """A CustomerCashBalanceTransaction as Stripe sends it in customer_cash_balance_transaction.created,
+    shaped as Stripe's published fixture: ``kind`` funded (a US bank transfer came in), or
+    applied_to_payment (``payment_intent`` was paid from the cash balance; ``net_amount`` negative),
+    or any other type Stripe names."""
+    obj: dict[str, Any] = {
+        "id": uid("ccsbtxn"),
+        "object": "customer_cash_balance_transaction",
+        "created": int(time.time()),
+        "currency": currency,
+        "customer": customer_id,
+        "ending_balance": ending_balance,
+        "livemode": False,
+        "net_amount": net_amount,
+        "type": kind,
+    }
+    if kind == "funded":
+        obj["funded"] = {
+            "bank_transfer": {
+                "reference": reference or f"REF-{uuid.uuid4().hex[:6].upper()}",
+                "type": "us_bank_transfer",
+                "us_bank_transfer": {"network": "ach", "sender_name": "ACME Corp"},
+            }
+        }
+    elif kind in ("applied_to_payment", "unapplied_from_payment"):
+        obj[kind] = {"payment_intent": payment_intent or uid("pi")}
+    return obj
+
+
+def bank_transfer_intent(customer_id: str, amount: int, currency: str = "usd") -> dict[str, Any]:
+    """A succeeded PaymentIntent paid from the customer's cash balance (newer API: no ``invoice``)."""
+    return {
+        "id": uid("pi"),
+        "object": "payment_intent",
+        "amount": amount,
+        "amount_received": amount,
+        "currency": currency,
+        "customer": customer_id,
+        "status": "succeeded",
+        "payment_method_types": ["customer_balance"],
         "created": int(time.time()),
         "livemode": False,
     }

@@ -157,3 +157,122 @@ def test_updated_and_payment_failed_invoices_keep_their_status_and_drafts_are_ig
     assert isinstance(failed, InvoiceData) and failed.status == "open" and failed.amount_paid_minor == 0
     with pytest.raises(IgnoredEvent, match="draft invoice"):
         parse_event(se.event("invoice.updated", {**obj, "status": "draft"}))
+
+
+# --- customer credit: the credit balance --------------------------------------------------------
+
+
+def test_an_over_paid_invoice_applies_what_it_asked_and_leaves_the_rest_as_customer_credit() -> None:
+    obj = se.invoice("cus_A", [se.line(6150)])
+    invoice, payment, overpaid = parse_event(
+        se.event("invoice.overpaid", se.paid(obj, payment_intent="pi_over", amount_paid=10000))
+    )
+    assert isinstance(invoice, InvoiceData) and isinstance(payment, PaymentData) and isinstance(overpaid, PaymentData)
+    assert (invoice.status, invoice.amount_paid_minor) == ("paid", 6150)  # nothing left open, nothing more
+    assert (payment.source_id, payment.amount_minor, payment.unapplied_is_credit) == ("pi_over", 6150, True)
+    assert [(a.invoice_source_id, a.amount_minor, a.from_credit) for a in payment.applications] == [
+        (obj["id"], 6150, False)
+    ]
+    assert (overpaid.source_id, overpaid.amount_minor, overpaid.applications) == (f"{obj['id']}:overpaid", 3850, ())
+    assert overpaid.unapplied_is_credit and overpaid.customer_source_id == "cus_A"
+    # invoice.paid of the same invoice says the same: the same three commands, so the ledger keeps one of each.
+    assert parse_event(se.event("invoice.paid", se.paid(obj, payment_intent="pi_over", amount_paid=10000)))[2] == (
+        overpaid
+    )
+
+
+def test_the_next_invoice_takes_the_credit_balance_as_credit_applied_and_the_rest_stays_due() -> None:
+    obj = se.with_credit_balance(se.invoice("cus_A", [se.line(4900), se.line(1250)]), 3850)
+    assert (obj["amount_due"], obj["starting_balance"], obj["ending_balance"]) == (2300, -3850, 0)
+    invoice, credit = parse_event(se.event("invoice.finalized", obj))
+    assert isinstance(invoice, InvoiceData) and isinstance(credit, PaymentData)
+    assert (invoice.status, invoice.total_minor, invoice.amount_paid_minor) == ("open", 6150, 3850)
+    assert (credit.source_id, credit.amount_minor, credit.method) == (
+        f"{obj['id']}:customer-balance",
+        3850,
+        "credit_balance",
+    )
+    assert [(a.invoice_source_id, a.amount_minor, a.from_credit) for a in credit.applications] == [
+        (obj["id"], 3850, True)
+    ]
+    assert not credit.unapplied_is_credit
+
+    invoice, credit_again, rest = parse_event(se.event("invoice.paid", se.paid(obj, payment_intent="pi_rest")))
+    assert credit_again == credit  # the same credit application, named the same
+    assert invoice.amount_paid_minor == 6150  # type: ignore[union-attr]
+    assert (rest.source_id, rest.amount_minor, rest.applications[0].amount_minor) == ("pi_rest", 2300, 2300)  # type: ignore[union-attr]
+
+
+def test_an_invoice_the_credit_balance_pays_in_full_leaves_what_is_left_on_the_balance() -> None:
+    obj = se.with_credit_balance(se.invoice("cus_A", [se.line(6150)]), 10000)
+    assert (obj["status"], obj["amount_due"], obj["ending_balance"]) == ("paid", 0, -3850)
+    invoice, credit = parse_event(se.event("invoice.finalized", obj))  # no payment: no cash reached the bank
+    assert (invoice.status, invoice.amount_paid_minor) == ("paid", 6150)  # type: ignore[union-attr]
+    assert credit.amount_minor == 6150 and credit.applications[0].from_credit  # type: ignore[union-attr]
+
+
+def test_a_debt_carried_on_the_balance_is_not_credit_and_a_voided_invoice_gives_its_credit_back() -> None:
+    carried = {**se.invoice("cus_A", [se.line(6150)]), "starting_balance": 50, "ending_balance": 0}
+    [invoice] = parse_event(se.event("invoice.finalized", carried))
+    assert invoice.amount_paid_minor == 0  # type: ignore[union-attr]
+    voided = se.voided(se.with_credit_balance(se.invoice("cus_A", [se.line(6150)]), 1000))
+    [void] = parse_event(se.event("invoice.voided", voided))
+    assert (void.status, void.amount_paid_minor) == ("void", 0)  # type: ignore[union-attr]
+
+
+def test_an_over_payment_larger_than_what_was_paid_is_refused_by_name() -> None:
+    obj = {**se.paid(se.invoice("cus_A", [se.line(6150)])), "amount_overpaid": 7000}
+    with pytest.raises(InvalidPayload, match="'amount_overpaid' 7000 must be between 0 and 'amount_paid' 6150"):
+        parse_event(se.event("invoice.paid", obj))
+
+
+# --- customer credit: the cash balance ----------------------------------------------------------
+
+
+def test_a_bank_transfer_into_the_cash_balance_is_unapplied_cash_for_the_customer() -> None:
+    funded = se.cash_balance_transaction("cus_A", "funded", 10000, ending_balance=10000)
+    customer, payment = parse_event(se.event("customer_cash_balance_transaction.created", funded))
+    assert isinstance(customer, CustomerData) and customer.snapshot and customer.source_id == "cus_A"
+    assert isinstance(payment, PaymentData)
+    assert (payment.source_id, payment.amount_minor, payment.currency) == (funded["id"], 10000, "USD")
+    assert (payment.method, payment.applications, payment.unapplied_is_credit) == ("us_bank_transfer", (), True)
+
+
+def test_a_bank_transfer_invoice_is_paid_from_the_cash_balance_as_credit_applied() -> None:
+    obj = se.invoice("cus_A", [se.line(6150)], payment_method_types=["customer_balance"])
+    _, payment = parse_event(se.event("invoice.paid", se.paid(obj, payment_intent="pi_bank")))
+    assert (payment.source_id, payment.method, payment.unapplied_is_credit) == ("pi_bank", "customer_balance", False)  # type: ignore[union-attr]
+    assert [(a.amount_minor, a.from_credit) for a in payment.applications] == [(6150, True)]  # type: ignore[union-attr]
+
+    applied = se.cash_balance_transaction(
+        "cus_A", "applied_to_payment", -6150, ending_balance=3850, payment_intent="pi_bank"
+    )
+    [recorded] = parse_event(se.event("customer_cash_balance_transaction.created", applied))
+    assert (recorded.source_id, recorded.amount_minor, recorded.applications) == ("pi_bank", 6150, ())  # type: ignore[union-attr]
+    assert not recorded.unapplied_is_credit  # type: ignore[union-attr]
+
+    intent = se.bank_transfer_intent("cus_A", 6150)
+    [from_intent] = parse_event(se.event("payment_intent.succeeded", {**intent, "invoice": "in_1"}))  # older API
+    assert from_intent.applications[0].from_credit and not from_intent.unapplied_is_credit  # type: ignore[union-attr]
+
+
+def test_an_invoice_that_also_offers_cards_is_a_cash_payment() -> None:
+    obj = se.invoice("cus_A", [se.line(6150)], payment_method_types=["card", "customer_balance"])
+    _, payment = parse_event(se.event("invoice.paid", se.paid(obj, payment_intent="pi_card")))
+    assert (payment.method, payment.applications[0].from_credit) == ("stripe", False)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("kind", "net", "says"),
+    [
+        ("return_initiated", -3850, "being returned to their bank account"),
+        ("refunded_from_payment", 2000, "refunded into the customer's cash balance"),
+        ("unapplied_from_payment", 6150, "reverse that payment's credit application"),
+        ("adjusted_for_overdraft", 500, "negative cash balance"),
+        ("a_type_stripe_adds_later", 100, "does not know this cash balance transaction type"),
+    ],
+)
+def test_cash_balance_movements_the_hub_cannot_post_fail_with_what_to_record(kind: str, net: int, says: str) -> None:
+    obj = se.cash_balance_transaction("cus_A", kind, net, ending_balance=0)
+    with pytest.raises(InvalidPayload, match=says):
+        parse_event(se.event("customer_cash_balance_transaction.created", obj))
