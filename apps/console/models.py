@@ -44,7 +44,13 @@ class ExceptionCase(models.Model):
     ROOT_INVOICE = "invoice"
     ROOT_CUSTOMER = "customer"
     ROOT_EVENT = "event"  # a billing event no routing rule takes: no connection yet
-    ROOT_CHOICES = [(ROOT_INVOICE, "Invoice"), (ROOT_CUSTOMER, "Customer"), (ROOT_EVENT, "Billing event")]
+    ROOT_RECONCILIATION = "reconciliation"  # a document billing, the ledger and the ERP disagree on
+    ROOT_CHOICES = [
+        (ROOT_INVOICE, "Invoice"),
+        (ROOT_CUSTOMER, "Customer"),
+        (ROOT_EVENT, "Billing event"),
+        (ROOT_RECONCILIATION, "Reconciliation difference"),
+    ]
 
     connection = models.ForeignKey(ERPConnection, null=True, blank=True, on_delete=models.PROTECT, related_name="cases")
     root_kind = models.CharField(max_length=16, choices=ROOT_CHOICES)
