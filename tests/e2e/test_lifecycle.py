@@ -31,7 +31,10 @@ def posted(source_id: str, operation: str, timeout: float = 120) -> Posting:
 
 def billing_receivable(customer_id: str) -> Decimal:
     """What billing says the customer still owes: open invoices less what was paid on them, less
-    the customer's credit (cash received that no invoice has taken yet)."""
+    the customer's credit (cash received that no invoice has taken yet). Stripe's credit counts
+    here as the ledger holds it: an over-payment as unapplied cash (``<invoice>:overpaid``, a
+    bank transfer's funding), what an invoice took from the credit or cash balance as credit
+    applied, and in its paid amount."""
     total = 0
     for invoice in Invoice.objects.filter(customer__source_id=customer_id):
         if invoice.status in (Invoice.STATUS_VOID, Invoice.STATUS_UNCOLLECTIBLE):
@@ -259,3 +262,106 @@ def test_an_inquiry_moves_no_money(client: Client, tryton: Any) -> None:
     )
     assert not Posting.objects.filter(dispute__source_id=inquiry["id"]).exists()
     assert tryton.moves(f"{SOURCE}:{inquiry['id']}:withdrawn") == []
+
+
+def stripe_lines() -> list[dict[str, Any]]:
+    return [
+        se.line(4900, description="Pro plan (monthly)"),
+        se.line(1250, quantity=5, description="API calls", product="prod_usage_api_calls", price="price_api"),
+    ]
+
+
+def test_over_payment_stays_as_credit_and_the_credit_balance_settles_the_next_invoice(
+    client: Client, tryton: Any
+) -> None:
+    first = new_invoice()  # 61.50
+    customer_id = first["customer"]
+    customer_ref = f"{SOURCE}:{customer_id}"
+    deliver(client, se.event("customer.created", se.customer(customer_id)))
+    deliver(client, se.event("invoice.finalized", first))
+    # The customer pays 100.00 for 61.50: Stripe keeps what the invoice asked and credits the 38.50 more to
+    # the customer's credit balance (amount_overpaid), announced by invoice.paid and invoice.overpaid.
+    intent = se.uid("pi")
+    overpaid = se.paid(first, payment_intent=intent, amount_paid=10000)
+    deliver(client, se.event("invoice.paid", overpaid))
+    deliver(client, se.event("invoice.overpaid", overpaid))
+    posted(f"{intent}:{first['id']}", Operation.APPLY_PAYMENT)
+    credit = posted(f"{first['id']}:overpaid:on-account", Operation.RECEIVE_ON_ACCOUNT)
+    [move] = tryton.moves(f"{SOURCE}:{first['id']}:overpaid:on-account")
+    assert move["state"] == "posted" and credit.erp_id == str(move["id"])
+    [erp_first] = tryton.invoices(f"{SOURCE}:{first['id']}")
+    assert erp_first["state"] == "paid"
+    assert tryton.receivable(customer_ref) == Decimal("-38.50") == billing_receivable(customer_id)
+
+    # Stripe applies the credit balance to the next invoice it finalizes: 23.00 is left to pay.
+    second = se.with_credit_balance(se.invoice(customer_id, stripe_lines()), 3850)
+    deliver(client, se.event("invoice.finalized", second))
+    applied = posted(f"{second['id']}:customer-balance:{second['id']}", Operation.APPLY_CREDIT)
+    invoice_posting = Posting.objects.get(source_id=second["id"], operation=Operation.POST_INVOICE)
+    assert applied.depends_on_key == invoice_posting.idempotency_key
+    [erp_second] = tryton.invoices(f"{SOURCE}:{second['id']}")
+    assert (erp_second["total_amount"], erp_second["state"], erp_second["amount_to_pay"]) == (
+        Decimal("61.50"),
+        "posted",
+        Decimal("23.00"),
+    )
+    assert tryton.receivable(customer_ref) == Decimal("23.00") == billing_receivable(customer_id)
+
+    rest = se.uid("pi")
+    deliver(client, se.event("invoice.paid", se.paid(second, payment_intent=rest)))
+    posted(f"{rest}:{second['id']}", Operation.APPLY_PAYMENT)
+    [erp_second] = tryton.invoices(f"{SOURCE}:{second['id']}")
+    assert erp_second["state"] == "paid"
+    assert (
+        Posting.objects.filter(payment_application__payment__source_id=f"{second['id']}:customer-balance").count() == 1
+    )
+    assert tryton.receivable(customer_ref) == Decimal("0") == billing_receivable(customer_id)
+
+
+def test_a_bank_transfer_beyond_the_invoice_stays_in_the_cash_balance_and_pays_the_next_invoice(
+    client: Client, tryton: Any
+) -> None:
+    first = new_invoice(payment_method_types=["customer_balance"])  # a bank-transfer invoice of 61.50
+    customer_id = first["customer"]
+    customer_ref = f"{SOURCE}:{customer_id}"
+    deliver(client, se.event("customer.created", se.customer(customer_id)))
+    deliver(client, se.event("invoice.finalized", first))
+    posted(first["id"], Operation.POST_INVOICE)
+
+    # The customer wires 100.00: Stripe reconciles 61.50 with the invoice's PaymentIntent and keeps 38.50
+    # in the customer's cash balance.
+    funded = se.cash_balance_transaction(customer_id, "funded", 10000, ending_balance=10000)
+    intent = se.bank_transfer_intent(customer_id, 6150)
+    applied = se.cash_balance_transaction(
+        customer_id, "applied_to_payment", -6150, ending_balance=3850, payment_intent=intent["id"]
+    )
+    for transaction in (funded, applied):
+        deliver(client, se.event("customer_cash_balance_transaction.created", transaction))
+    deliver(client, se.event("payment_intent.succeeded", intent))
+    deliver(client, se.event("invoice.paid", se.paid(first, payment_intent=intent["id"])))
+    posted(f"{funded['id']}:on-account", Operation.RECEIVE_ON_ACCOUNT)
+    posted(f"{intent['id']}:{first['id']}", Operation.APPLY_CREDIT)
+    assert not Posting.objects.filter(operation=Operation.APPLY_PAYMENT, source_id__startswith=intent["id"]).exists()
+    [erp_first] = tryton.invoices(f"{SOURCE}:{first['id']}")
+    assert erp_first["state"] == "paid"
+    assert tryton.receivable(customer_ref) == Decimal("-38.50") == billing_receivable(customer_id)
+
+    second = se.invoice(customer_id, stripe_lines(), payment_method_types=["customer_balance"])
+    deliver(client, se.event("invoice.finalized", second))
+    posted(second["id"], Operation.POST_INVOICE)
+    assert tryton.receivable(customer_ref) == Decimal("23.00") == billing_receivable(customer_id)
+
+    # Stripe funds an invoice only once the cash balance covers it: the customer wires the 23.00 left.
+    topped_up = se.cash_balance_transaction(customer_id, "funded", 2300, ending_balance=6150)
+    next_intent = se.bank_transfer_intent(customer_id, 6150)
+    applied_next = se.cash_balance_transaction(
+        customer_id, "applied_to_payment", -6150, ending_balance=0, payment_intent=next_intent["id"]
+    )
+    deliver(client, se.event("invoice.paid", se.paid(second, payment_intent=next_intent["id"])))  # before the rest
+    for transaction in (topped_up, applied_next):
+        deliver(client, se.event("customer_cash_balance_transaction.created", transaction))
+    posted(f"{topped_up['id']}:on-account", Operation.RECEIVE_ON_ACCOUNT)
+    posted(f"{next_intent['id']}:{second['id']}", Operation.APPLY_CREDIT)
+    [erp_second] = tryton.invoices(f"{SOURCE}:{second['id']}")
+    assert erp_second["state"] == "paid"
+    assert tryton.receivable(customer_ref) == Decimal("0") == billing_receivable(customer_id)
