@@ -17,7 +17,7 @@ the hub posts both the way it posts every over-payment: unapplied cash on the cu
   next invoice it finalizes: ``starting_balance`` is the credit before, ``ending_balance`` what is
   left, ``amount_due`` what remains to pay. The credit taken (``ending_balance - starting_balance``,
   at most the total) is posted as credit applied to that invoice, named ``<invoice>:customer-balance``.
-  The invoice's paid amount counts it, as Lago's and Chargebee's do, so what the ledger leaves open
+  The invoice's paid amount counts it, as Lago's does, so what the ledger leaves open
   is Stripe's ``amount_remaining``. Balance transactions send no webhook: credit from a credit note
   reaches the ERP as the credit note; a manual ``adjustment`` reaches it only when an invoice uses it,
   and then shows in the ERP as an open debit on the customer for finance to book (goodwill or cash
@@ -31,9 +31,14 @@ the hub posts both the way it posts every over-payment: unapplied cash on the cu
   ``customer_balance``, a PaymentIntent whose only payment method type is ``customer_balance``, and
   an invoice whose only payment method type is ``customer_balance`` (how Stripe sets up bank-transfer
   invoices). ``applied_to_payment`` names only the PaymentIntent, not the invoice: it records that
-  payment, and the invoice's own event applies it. An invoice that offers bank transfer beside
-  other methods does not say which one paid it, and Stripe's events do not either: it is posted as a
-  cash payment, so finance must match such a payment with the transfer by hand. The other types
+  payment, and the invoice's own event applies it. An invoice (or PaymentIntent) that offers bank
+  transfer beside other methods does not say which one paid it. It is posted as a cash payment
+  unless an event that says so and names the invoice (the charge's, in API versions before
+  2025-03-31) reached the ledger first; when it was in fact paid
+  from the cash balance, the ERP then holds that cash twice (as the transfer's unapplied cash and as
+  the invoice's payment) and its receivable is below billing's until finance applies the credit to
+  the payment by hand. ``cash_balance.funds_available`` only says funds wait for manual
+  reconciliation: ignored, since the ``funded`` transaction posted them. The other types
   (``unapplied_from_payment``, ``refunded_from_payment``, ``return_initiated``, ``return_canceled``,
   ``funding_reversed``, ``transferred_to_balance``, ``adjusted_for_overdraft``) move money the hub
   posts no document for: the event fails with a message saying what to record by hand.
@@ -459,15 +464,18 @@ def payment_from_intent_or_charge(obj: dict[str, Any], version: int) -> PaymentD
     if kind == "payment_intent":
         source_id = _id(obj)
         amount = _int(obj, "amount_received", what)
-        methods = obj.get("payment_method_types") or []
+        methods = list(obj.get("payment_method_types") or [])
         method = str(methods[0]) if methods else "stripe"
+        # Allowed several methods, a PaymentIntent does not say which one paid it.
+        from_cash_balance = methods == [CASH_BALANCE_METHOD]
     else:
         source_id = _id(obj.get("payment_intent")) or _id(obj)
         amount = _int(obj, "amount_captured", what) or _int(obj, "amount", what)
         method = str((obj.get("payment_method_details") or {}).get("type") or "stripe")
+        from_cash_balance = method == CASH_BALANCE_METHOD
+    if not from_cash_balance and method == CASH_BALANCE_METHOD:
+        method = "stripe"
     invoice_id = _id(obj.get("invoice"))
-    # Paid from the cash balance: that cash was posted as the customer's credit when it was funded.
-    from_cash_balance = method == CASH_BALANCE_METHOD
     return PaymentData(
         source_id=source_id,
         source_version=version,
@@ -481,7 +489,8 @@ def payment_from_intent_or_charge(obj: dict[str, Any], version: int) -> PaymentD
         )
         if invoice_id
         else (),
-        # Without an invoice, invoice.paid names it later; cash from the cash balance is credit already.
+        # Without an invoice, invoice.paid names it later. Cash from the cash balance was posted as the
+        # customer's credit when it was funded: its applications draw on that credit.
         unapplied_is_credit=bool(invoice_id) and not from_cash_balance,
     )
 
@@ -536,8 +545,8 @@ def cash_balance_transaction(obj: dict[str, Any], version: int) -> list[LedgerCo
         ]
     if kind == "applied_to_payment":
         payment_intent = _id((obj.get("applied_to_payment") or {}).get("payment_intent"))
-        if not payment_intent:
-            raise InvalidPayload(f"{what} names no payment_intent.")
+        if not payment_intent or net >= 0:
+            raise InvalidPayload(f"{what} must name a payment_intent and take funds (a negative 'net_amount').")
         # The invoice it pays is named by the invoice's events, which apply it from the credit.
         return [
             PaymentData(

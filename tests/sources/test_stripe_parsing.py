@@ -276,3 +276,26 @@ def test_cash_balance_movements_the_hub_cannot_post_fail_with_what_to_record(kin
     obj = se.cash_balance_transaction("cus_A", kind, net, ending_balance=0)
     with pytest.raises(InvalidPayload, match=says):
         parse_event(se.event("customer_cash_balance_transaction.created", obj))
+
+
+def test_a_payment_intent_that_allowed_cards_too_is_not_taken_for_the_cash_balance() -> None:
+    intent = {**se.bank_transfer_intent("cus_A", 6150), "invoice": "in_1"}
+    [both] = parse_event(
+        se.event("payment_intent.succeeded", {**intent, "payment_method_types": ["customer_balance", "card"]})
+    )
+    assert (both.method, both.applications[0].from_credit, both.unapplied_is_credit) == ("stripe", False, True)  # type: ignore[union-attr]
+    charge = {
+        "id": "ch_1",
+        "object": "charge",
+        "amount": 6150,
+        "amount_captured": 6150,
+        "currency": "usd",
+        "customer": "cus_A",
+        "invoice": "in_1",
+        "payment_intent": intent["id"],
+        "payment_method_details": {"type": "customer_balance"},
+        "created": 1_700_000_000,
+    }
+    [from_charge] = parse_event(se.event("charge.succeeded", charge))  # the charge says which method paid
+    assert (from_charge.source_id, from_charge.method) == (intent["id"], "customer_balance")  # type: ignore[union-attr]
+    assert from_charge.applications[0].from_credit and not from_charge.unapplied_is_credit  # type: ignore[union-attr]
