@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "apps.flow",
     "apps.validation",
     "apps.observability",
+    "apps.reconciliation",
 ]
 
 MIDDLEWARE = [
@@ -210,6 +211,12 @@ CELERY_BEAT_SCHEDULE = {
     "refresh-validation-cache": {
         "task": "validation.refresh_reference_data",
         "schedule": float(os.environ.get("HUB_VALIDATION_REFRESH_SECONDS", "900")),
+    },
+    # Billing, ledger and ERP compared for this month and last, per connection, legal entity and
+    # currency; what is safe to heal is re-planned, the rest opens cases (apps/reconciliation).
+    "reconcile-daily": {
+        "task": "reconciliation.run_scheduled",
+        "schedule": crontab(hour=int(os.environ.get("HUB_RECONCILIATION_HOUR", "2")), minute=30),
     },
     # A marked test invoice through the whole pipeline to a sandbox ERP (apps/observability/synthetic.py).
     "synthetic-transaction": {

@@ -1,9 +1,10 @@
-"""A contract simulator of the part of Stripe's API the hub writes back to, written from Stripe's
-API reference: ``GET``/``POST /v1/invoices/{id}`` with form-encoded ``metadata[...]`` parameters,
-Bearer API-key authentication, Stripe's error body (``{"error": {"type", "code", "message",
-"param"}}``), and idempotent requests: a repeated ``Idempotency-Key`` with the same parameters
-answers the first response again (``Idempotent-Replayed: true``) without applying anything; with
-other parameters it is refused with an ``idempotency_error``.
+"""A contract simulator of the part of Stripe's API the hub reads and writes back to, written from
+Stripe's API reference: ``GET /v1/invoices`` and ``GET /v1/credit_notes`` (lists, newest first,
+``created[gte|lte]`` and cursor paging), ``GET``/``POST /v1/invoices/{id}`` with form-encoded
+``metadata[...]`` parameters, Bearer API-key authentication, Stripe's error body (``{"error":
+{"type", "code", "message", "param"}}``), and idempotent requests: a repeated ``Idempotency-Key``
+with the same parameters answers the first response again (``Idempotent-Replayed: true``) without
+applying anything; with other parameters it is refused with an ``idempotency_error``.
 
 Faults on demand: ``fail_next(mode)`` makes the next write answer 500 before applying it, 429,
 or apply it and then hold the answer back past the client's timeout (``timeout_after_commit``).
@@ -38,6 +39,7 @@ class Recorded:
 class StripeSimulator:
     hang_seconds: float = 2.5
     invoices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    credit_notes: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     _faults: list[str] = field(default_factory=list)
     _idempotent: dict[str, tuple[dict[str, str], int, bytes]] = field(default_factory=dict)
@@ -70,6 +72,9 @@ class StripeSimulator:
             invoice = {"id": invoice, "object": "invoice", "metadata": {}, "livemode": False}
         self.invoices[invoice["id"]] = {"metadata": {}, **json.loads(json.dumps(invoice))}
 
+    def add_credit_note(self, credit_note: dict[str, Any]) -> None:
+        self.credit_notes[credit_note["id"]] = json.loads(json.dumps(credit_note))
+
     def fail_next(self, *modes: str) -> None:
         """``500``, ``429`` or ``timeout_after_commit``, for the next writes in order."""
         self._faults.extend(modes)
@@ -94,8 +99,10 @@ class StripeSimulator:
         if handler.headers.get("Authorization") != f"Bearer {API_KEY}":
             return self._error(handler, record, 401, "invalid_request_error", None, "Invalid API Key provided.")
         parts = path.strip("/").split("/")
-        if method == "GET" and parts == ["v1", "invoices"]:
-            return self._answer(handler, record, 200, self._list(dict(parse_qsl(urlparse(handler.path).query))))
+        if method == "GET" and parts in (["v1", "invoices"], ["v1", "credit_notes"]):
+            objects = self.invoices if parts[1] == "invoices" else self.credit_notes
+            query = dict(parse_qsl(urlparse(handler.path).query))
+            return self._answer(handler, record, 200, self._list(objects, query, path))
         if len(parts) != 3 or parts[:2] != ["v1", "invoices"]:
             return self._error(
                 handler, record, 404, "invalid_request_error", None, f"Unrecognized request URL ({path})."
@@ -141,10 +148,10 @@ class StripeSimulator:
             time.sleep(self.hang_seconds)
         self._answer(handler, record, 200, body)
 
-    def _list(self, query: dict[str, str]) -> bytes:
-        """``GET /v1/invoices``: newest first, filtered by ``status`` and ``created[gte|lte]``, paged
-        with ``limit`` and ``starting_after`` as Stripe does."""
-        found = sorted(self.invoices.values(), key=lambda invoice: (-int(invoice.get("created") or 0), invoice["id"]))
+    def _list(self, objects: dict[str, dict[str, Any]], query: dict[str, str], path: str) -> bytes:
+        """``GET /v1/invoices`` or ``/v1/credit_notes``: newest first, filtered by ``status`` (invoices)
+        and ``created[gte|lte]``, paged with ``limit`` and ``starting_after`` as Stripe does."""
+        found = sorted(objects.values(), key=lambda invoice: (-int(invoice.get("created") or 0), invoice["id"]))
         if "status" in query:
             found = [invoice for invoice in found if invoice.get("status") == query["status"]]
         if "created[gte]" in query:
@@ -155,7 +162,7 @@ class StripeSimulator:
             ids = [invoice["id"] for invoice in found]
             found = found[ids.index(query["starting_after"]) + 1 :] if query["starting_after"] in ids else []
         limit = int(query.get("limit") or 10)
-        page = {"object": "list", "url": "/v1/invoices", "has_more": len(found) > limit, "data": found[:limit]}
+        page = {"object": "list", "url": path, "has_more": len(found) > limit, "data": found[:limit]}
         return json.dumps(page).encode()
 
     def _missing(self, handler: BaseHTTPRequestHandler, record: Recorded, invoice_id: str) -> None:

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
 from typing import Any, ClassVar, Protocol
 
 from apps.connectors.documents import (
@@ -54,6 +57,46 @@ DISPUTE_MOVEMENTS = {
     OPERATION_REINSTATE_DISPUTED_FUNDS: "reinstated",
     OPERATION_LOSE_DISPUTE: "lost",
 }
+
+
+# What a reconciliation compares, by the kind of document the ERP holds under a hub reference.
+ERP_INVOICE = "invoice"
+ERP_CREDIT_MEMO = "credit_memo"
+ERP_PAYMENT = "payment"
+ERP_REFUND = "refund"
+ERP_WRITE_OFF = "write_off"
+ERP_OTHER = "other"  # unapplied cash, dispute movements, anything else carrying a hub reference
+
+
+def journal_entry_kind(external_ref: str) -> str:
+    """The kind of a journal entry the hub wrote, from the suffix of its reference: a payment
+    application is ``<source>:<payment>:<invoice>``, the others end with their suffix."""
+    if external_ref.endswith(REFUND_SUFFIX):
+        return ERP_REFUND
+    if external_ref.endswith(WRITE_OFF_SUFFIX):
+        return ERP_WRITE_OFF
+    if external_ref.endswith(ON_ACCOUNT_SUFFIX) or external_ref.rsplit(":", 1)[-1] in DISPUTE_MOVEMENTS.values():
+        return ERP_OTHER
+    return ERP_PAYMENT if external_ref.count(":") >= 2 else ERP_OTHER
+
+
+@dataclass(frozen=True)
+class ErpDocument:
+    """One document the ERP's books hold under a hub reference, as a reconciliation reads it.
+
+    ``amount`` is positive in ``currency`` (the document's own currency, not the company's): an
+    invoice's or credit note's total, or what a journal entry moved on the customer's receivable.
+    ``status`` is ``open``, ``paid`` or ``void`` for invoices and credit notes, ``posted`` for
+    journal entries. Drafts are not listed: they are not in the books."""
+
+    kind: str  # ERP_INVOICE, ERP_CREDIT_MEMO, ERP_PAYMENT, ERP_REFUND, ERP_WRITE_OFF or ERP_OTHER
+    external_ref: str
+    erp_id: str
+    number: str
+    currency: str
+    amount: Decimal
+    status: str
+    document_date: date
 
 
 class TokenStore(Protocol):
@@ -143,6 +186,13 @@ class ERPConnector(abc.ABC):
     def reference_data(self) -> list[ReferenceItem]:
         """Customers, tax codes and dimension values the ERP holds, for the validation API's
         cache. Optional: a connector without it answers validations from the hub's own data only."""
+        raise NotImplementedError
+
+    def ledger_documents(self, start: date, end: date, company: str = "") -> list[ErpDocument]:
+        """Every posted (or cancelled) customer invoice, credit note and receivable journal entry
+        dated in [start, end] that carries a reference, in ``company`` (the ERP's own id of the
+        legal entity, from the ``company`` dimension mapping; "" for the connection's default).
+        Optional: without it a reconciliation run says the ERP side could not be read."""
         raise NotImplementedError
 
     def close(self) -> None:  # noqa: B027 - optional hook

@@ -29,6 +29,8 @@ import requests
 
 from apps.connectors.base import (
     DISPUTE_MOVEMENTS,
+    ERP_CREDIT_MEMO,
+    ERP_INVOICE,
     OPERATION_APPLY_CREDIT,
     OPERATION_APPLY_PAYMENT,
     OPERATION_ENSURE_CUSTOMER,
@@ -41,6 +43,8 @@ from apps.connectors.base import (
     OPERATION_WRITE_OFF,
     VOID_SUFFIX,
     ERPConnector,
+    ErpDocument,
+    journal_entry_kind,
 )
 from apps.connectors.documents import (
     Address,
@@ -70,6 +74,9 @@ from apps.core.money import to_decimal
 log = logging.getLogger(__name__)
 
 POSTED_STATES = ("posted", "paid")
+# A customer invoice's state in Tryton, as a reconciliation compares it with billing's.
+RECONCILED_STATES = {"posted": "open", "paid": "paid", "cancelled": "void"}
+LISTING_PAGE = 5000
 _ids = itertools.count(1)
 
 
@@ -1047,6 +1054,103 @@ class TrytonConnector(ERPConnector):
                 params={"date": on.isoformat()},
             )
         return int(found[0]["id"])
+
+    # -- reconciliation -------------------------------------------------------------------
+
+    def ledger_documents(self, start: datetime.date, end: datetime.date, company: str = "") -> list[ErpDocument]:
+        """Customer invoices and credit notes (by ``reference``) and the journal entries the hub
+        wrote on customer receivables (by ``description``: payments, refunds, write-offs), read a
+        page at a time. An invoice's own move is left out (revenue journal): the invoice stands for
+        it. A journal entry's amount is what it moved on the receivable, in the document's currency
+        (Tryton's second currency where it has one)."""
+        company_id = int(company) if company else int(self.rpc.context["company"])
+        documents = []
+        invoices = self._pages(
+            "account.invoice",
+            [
+                ["type", "=", "out"],
+                ["company", "=", company_id],
+                ["invoice_date", ">=", start],
+                ["invoice_date", "<=", end],
+                ["state", "in", list(RECONCILED_STATES)],
+                ["reference", "!=", None],
+            ],
+            ["id", "number", "reference", "state", "total_amount", "currency.code", "invoice_date"],
+        )
+        for invoice in invoices:
+            total = Decimal(invoice["total_amount"])
+            documents.append(
+                ErpDocument(
+                    kind=ERP_CREDIT_MEMO if total < 0 else ERP_INVOICE,
+                    external_ref=str(invoice["reference"]),
+                    erp_id=str(invoice["id"]),
+                    number=str(invoice.get("number") or ""),
+                    currency=str((invoice.get("currency.") or {}).get("code") or ""),
+                    amount=abs(total),
+                    status=RECONCILED_STATES[invoice["state"]],
+                    document_date=invoice["invoice_date"],
+                )
+            )
+        company_currency = self._company_currency(company_id)
+        moves: dict[int, dict[str, Any]] = {}
+        lines = self._pages(
+            "account.move.line",
+            [
+                ["move.company", "=", company_id],
+                ["move.date", ">=", start],
+                ["move.date", "<=", end],
+                ["move.state", "=", "posted"],
+                ["move.description", "!=", None],
+                ["move.journal.type", "!=", "revenue"],
+                ["account.type.receivable", "=", True],
+            ],
+            [
+                "id",
+                "move.description",
+                "move.number",
+                "move.date",
+                "debit",
+                "credit",
+                "second_currency.code",
+                "amount_second_currency",
+            ],
+        )
+        for line in lines:
+            move = line["move."]
+            entry = moves.setdefault(int(move["id"]), {"move": move, "amount": Decimal(0), "currency": ""})
+            second = (line.get("second_currency.") or {}).get("code")
+            if second:
+                entry["currency"] = str(second)
+                entry["amount"] += Decimal(line["amount_second_currency"] or 0)
+            else:
+                entry["amount"] += Decimal(line["debit"]) - Decimal(line["credit"])
+        for move_id, entry in moves.items():
+            move = entry["move"]
+            reference = str(move["description"])
+            documents.append(
+                ErpDocument(
+                    kind=journal_entry_kind(reference),
+                    external_ref=reference,
+                    erp_id=str(move_id),
+                    number=str(move.get("number") or ""),
+                    currency=entry["currency"] or company_currency,
+                    amount=abs(entry["amount"]),
+                    status="posted",
+                    document_date=move["date"],
+                )
+            )
+        return documents
+
+    def _pages(self, model: str, domain: list[Any], fields: list[str]) -> Iterator[dict[str, Any]]:
+        offset = 0
+        while True:
+            page = self.rpc.call(
+                f"model.{model}.search_read", [domain, offset, LISTING_PAGE, [["id", "ASC"]], fields], writes=False
+            )
+            yield from page
+            if len(page) < LISTING_PAGE:
+                return
+            offset += LISTING_PAGE
 
     def close(self) -> None:
         self.rpc.http.close()
