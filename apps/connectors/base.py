@@ -115,6 +115,9 @@ class ERPConnector(abc.ABC):
     # (``item``, ``currency``, a dimension such as ``subsidiary``): the hub parks a document as a
     # missing-mapping case before calling the connector when one of them does not resolve.
     required_mappings: ClassVar[frozenset[str]] = frozenset()
+    # Mapping kinds every connector is given but this ERP does not use (NetSuite and QuickBooks book
+    # revenue on the item's income account): left out when unmapped instead of parking the document.
+    unused_mappings: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, settings: dict[str, Any]) -> None:
         """``settings`` is the connection's resolved configuration (secrets already read)."""

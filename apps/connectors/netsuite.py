@@ -542,6 +542,7 @@ class NetSuiteConnector(ERPConnector):
         "after a lookup by the same ID, so a repeat finds or updates the first record instead of adding one."
     )
     required_mappings: ClassVar[frozenset[str]] = frozenset({"currency", "subsidiary", "item"})
+    unused_mappings: ClassVar[frozenset[str]] = frozenset({"revenue_account"})  # the item's income account
 
     def __init__(self, settings: dict[str, Any]) -> None:
         super().__init__(settings)

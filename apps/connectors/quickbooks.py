@@ -546,6 +546,7 @@ class QuickBooksConnector(ERPConnector):
         "neither a retry nor a lost answer makes a second document."
     )
     required_mappings: ClassVar[frozenset[str]] = frozenset({"item"})
+    unused_mappings: ClassVar[frozenset[str]] = frozenset({"revenue_account"})  # the item's income account
 
     def __init__(self, settings: dict[str, Any]) -> None:
         super().__init__(settings)

@@ -65,6 +65,13 @@ def _required(connection: ERPConnection) -> frozenset[str]:
         return frozenset()
 
 
+def _unused(connection: ERPConnection) -> frozenset[str]:
+    try:
+        return connector_class(connection.kind).unused_mappings
+    except ConfigurationError:
+        return frozenset()
+
+
 def _optional(connection: ERPConnection, kind: str, keys: list[str], what: str) -> str:
     """A mapping the connection may leave out, unless its connector cannot post without it."""
     if kind in _required(connection):
@@ -173,7 +180,11 @@ def _line_document(
         quantity=quantity,
         unit_amount_minor=unit,
         amount_minor=line.amount_minor,
-        revenue_account=_mapped(connection, Mapping.KIND_REVENUE_ACCOUNT, keys, what),
+        revenue_account=(
+            _optional(connection, Mapping.KIND_REVENUE_ACCOUNT, keys, what)
+            if Mapping.KIND_REVENUE_ACCOUNT in _unused(connection)
+            else _mapped(connection, Mapping.KIND_REVENUE_ACCOUNT, keys, what)
+        ),
         tax_code=_mapped(connection, Mapping.KIND_TAX_CODE, keys, what) if line.tax_minor else "",
         tax_minor=line.tax_minor,
         period_start=getattr(line, "period_start", None),

@@ -207,3 +207,23 @@ def test_dimensions_resolve_by_legal_entity_then_region_then_default(monkeypatch
     assert no_currency.value.code == "missing_currency_mapping"
     # Tryton needs neither: an unmapped dimension is left out, not a case.
     assert dimensions(ERPConnection.objects.get(name="tryton-local"), us) == {}
+
+
+def test_an_erp_that_books_revenue_on_items_needs_no_revenue_account_mapping(client: Client) -> None:
+    from apps.core.errors import BusinessRuleError
+    from apps.ledger.models import InvoiceLine
+    from apps.posting.documents import _line_document
+    from apps.routing.models import Mapping
+
+    obj = se.invoice(se.uid("cus"), [se.line(2500, product="prod_addon")])
+    receive(client, se.event("invoice.finalized", obj))
+    line = InvoiceLine.objects.select_related("product").get(invoice__source_id=obj["id"])
+    netsuite = ERPConnection.objects.create(name="ns-items", kind="netsuite", settings={})
+    Mapping.objects.create(connection=netsuite, kind="item", key="default", value="201")
+    document = _line_document(netsuite, line, line)
+    assert (document.item, document.revenue_account) == ("201", "")  # NetSuite: the item's income account
+
+    tryton_like = ERPConnection.objects.create(name="tryton-2", kind="tryton", settings={})
+    with pytest.raises(BusinessRuleError) as missing:
+        _line_document(tryton_like, line, line)  # Tryton books revenue on the mapped account: required
+    assert missing.value.code == "missing_revenue_account_mapping"
