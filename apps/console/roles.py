@@ -39,6 +39,8 @@ VIEWABLE = [
     "core.auditevent",
     "flow.connectionflow",
     "flow.maintenancewindow",
+    "reconciliation.reconciliationrun",
+    "reconciliation.difference",
 ]
 CASE_ACTIONS = [
     "console.retry_case",
@@ -65,6 +67,7 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "routing.change_mapping",
         "console.add_connectionsla",
         "console.change_connectionsla",
+        "reconciliation.run_reconciliation",
     ],
     # Everything technical on top: raw events in full, replay, postings, configuration.
     ENGINEERS: [
@@ -95,6 +98,7 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "console.add_connectionsla",
         "console.change_connectionsla",
         "console.delete_connectionsla",
+        "reconciliation.run_reconciliation",
     ],
     # Read-only everywhere, including the audit log.
     AUDITORS: [*_view(VIEWABLE), "django_celery_beat.view_periodictask", "auth.view_user", "auth.view_group"],

@@ -79,7 +79,7 @@ class DatabaseCollector(Collector):
 
         differences = GaugeMetricFamily(
             "hub_reconciliation_differences",
-            "Documents whose ERP amount differs from billing's. Always 0: reconciliation is not built yet.",
+            "Differences billing, the ledger and the ERP disagree on, left open by the latest reconciliation runs.",
             labels=["connection"],
         )
         for name, count in services.reconciliation_differences().items():

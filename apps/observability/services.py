@@ -33,6 +33,7 @@ from apps.flow.models import CircuitState, ConnectionFlow
 from apps.ingest.models import InboxEvent
 from apps.observability.models import SyntheticResult, SyntheticRun
 from apps.posting.models import Posting, PostingState
+from apps.reconciliation.services import open_differences_by_connection
 from apps.routing.models import ERPConnection
 
 # What the hub still has to do on its own: every state that is neither done nor waiting for a person.
@@ -113,9 +114,10 @@ def circuit_states() -> dict[str, dict[str, Any]]:
 
 
 def reconciliation_differences() -> dict[str, int]:
-    """Documents whose ERP amount differs from billing's, per connection. Reconciliation against
-    the ERP is not built yet, so this is 0 for every connection until it is."""
-    return {name: 0 for name in connection_names()}
+    """Documents billing, the ledger and the ERP disagree on, per connection: the differences the
+    latest completed reconciliation run of each scope left open (0 where none was run)."""
+    found = open_differences_by_connection()
+    return {name: found.get(name, 0) for name in connection_names()}
 
 
 def success_rate(since: datetime, until: datetime | None = None) -> dict[str, dict[str, Any]]:

@@ -165,6 +165,7 @@ def scheduled_scopes(today: date) -> list[dict[str, object]]:
                 invoice__invoice_date__range=(period_start, period_end),
                 invoice__legal_entity__isnull=False,
             )
+            .order_by()
             .values_list("connection_id", "invoice__legal_entity_id", "invoice__currency")
             .distinct()
         )

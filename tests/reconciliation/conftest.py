@@ -28,6 +28,7 @@ from apps.routing.models import ERPConnection, RoutingRule
 from apps.sources import stripe_samples as se
 from apps.sources.models import BillingSource
 from tests.conftest import EXAMPLE_CONFIG, deliver
+from tests.erp_simulator import ErpSimulator
 from tests.stripe_simulator import StripeSimulator
 from tests.tryton_plugin import TrytonInspector
 
@@ -52,8 +53,9 @@ class Books:
     source: BillingSource
     legal_entity: LegalEntity
     connection: ERPConnection
-    stripe: StripeSimulator
-    tryton: TrytonInspector
+    stripe: StripeSimulator | None = None
+    tryton: TrytonInspector | None = None
+    simulator: ErpSimulator | None = None
 
     @property
     def name(self) -> str:
@@ -64,6 +66,8 @@ class Books:
 
     def bill(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Billing holds the document as it is now (Stripe's API answers with it)."""
+        if self.stripe is None:
+            return obj
         if obj["object"] == "invoice":
             self.stripe.add_invoice(obj)
         else:
@@ -122,6 +126,25 @@ def books(client: Client, tryton_hub: Any, stripe_api: StripeSimulator, tryton: 
     connection = ERPConnection.objects.get(name="tryton-local")
     RoutingRule.objects.create(name=f"{code} to Tryton", priority=1, legal_entity=entity, connection=connection)
     return Books(client, source, entity, connection, stripe_api, tryton)
+
+
+@pytest.fixture
+def erp_sim(configured: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[ErpSimulator]:
+    """The example configuration's Tryton connection pointed at the Tryton contract simulator."""
+    with ErpSimulator() as simulator:
+        monkeypatch.setenv("TRYTON_URL", simulator.url)
+        monkeypatch.setenv("TRYTON_DATABASE", simulator.database)
+        monkeypatch.setenv("TRYTON_PASSWORD", simulator.password)
+        yield simulator
+
+
+@pytest.fixture
+def sim_books(client: Client, erp_sim: ErpSimulator) -> Books:
+    """The example's Stripe account (no API settings: the ledger stands for billing) posting to the
+    Tryton simulator."""
+    source = BillingSource.objects.get(name="stripe-us")
+    connection = ERPConnection.objects.get(name="tryton-local")
+    return Books(client, source, source.legal_entity, connection, simulator=erp_sim)
 
 
 def invoice(amount: int, **kwargs: Any) -> dict[str, Any]:
