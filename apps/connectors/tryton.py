@@ -313,6 +313,8 @@ class TrytonConnector(ERPConnector):
         self.rpc.before_send = self.pace
         self._ids: dict[tuple[str, str], int] = {}
         self._company_currencies: dict[int, str] = {}
+        # Rows per search_read when a reconciliation lists the books (a setting, for large books).
+        self.listing_page = int(settings.get("listing_page") or LISTING_PAGE)
 
     # -- lookups --------------------------------------------------------------------------
 
@@ -1145,12 +1147,12 @@ class TrytonConnector(ERPConnector):
         offset = 0
         while True:
             page = self.rpc.call(
-                f"model.{model}.search_read", [domain, offset, LISTING_PAGE, [["id", "ASC"]], fields], writes=False
+                f"model.{model}.search_read", [domain, offset, self.listing_page, [["id", "ASC"]], fields], writes=False
             )
             yield from page
-            if len(page) < LISTING_PAGE:
+            if len(page) < self.listing_page:
                 return
-            offset += LISTING_PAGE
+            offset += self.listing_page
 
     def close(self) -> None:
         self.rpc.http.close()

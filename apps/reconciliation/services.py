@@ -447,6 +447,8 @@ def _decide(
         )
     if posting is not None and posting.state == PostingState.SKIPPED:
         return HealAction.DECIDED, "A person skipped its posting: the hub does not post it.", None
+    if difference.kind == DifferenceKind.MISSING_IN_ERP and posting is not None:
+        return HealAction.CASE_OPENED, _not_safe(difference, posting), None  # posted, yet the ERP lacks it
     planned = _replan(run, difference, replanned_roots)
     if planned is None:
         return HealAction.CASE_OPENED, "No routing rule takes the document any more: nothing could be planned.", None

@@ -22,7 +22,7 @@ from apps.ledger.models import Invoice
 from apps.observability import services as observability
 from apps.posting.models import Operation, Posting
 from apps.reconciliation import services
-from apps.reconciliation.models import DifferenceKind, ReconciliationRun, RunStatus, Side, Trigger
+from apps.reconciliation.models import DifferenceKind, HealAction, ReconciliationRun, RunStatus, Side, Trigger
 from apps.routing.models import ERPConnection
 from apps.sources import stripe_samples as se
 from tests.console.conftest import as_user, user_in
@@ -226,3 +226,29 @@ def test_a_connection_whose_connector_cannot_list_the_erp_compares_billing_with_
     assert run.difference_count == 0
     totals = {(t.side, t.document_type): t.count for t in run.totals.all()}
     assert totals[(Side.LEDGER, "invoice")] == 3 and totals[(Side.ERP, "invoice")] == 0
+
+
+def test_a_document_the_hub_posted_that_the_erp_no_longer_lists_is_a_case_not_a_second_posting(
+    sim_books: Books,
+) -> None:
+    obj = invoice(7700)
+    sim_books.webhook("invoice.finalized", obj)
+    sim_books.drain()
+    posting = Posting.objects.get(source_id=obj["id"], operation=Operation.POST_INVOICE)
+    assert sim_books.simulator is not None
+    sim_books.simulator._remove("account.invoice", int(posting.erp_id))  # gone from the ERP's books
+    before = Posting.objects.count()
+
+    run = sim_books.run()
+
+    [difference] = run.differences.all()
+    assert (difference.kind, difference.posting_id, difference.heal_action) == (
+        DifferenceKind.MISSING_IN_ERP,
+        posting.pk,
+        HealAction.CASE_OPENED,
+    )
+    assert Posting.objects.count() == before  # nothing planned twice
+    case = difference.case
+    assert case is not None and case.code == "reconciliation_missing_in_erp"
+    assert f"The hub recorded it as posted (ERP id {posting.erp_id}" in case.message
+    assert case.invoice is not None and case.invoice.source_id == obj["id"]
