@@ -21,7 +21,7 @@ from apps.console.catalogue import AUDITORS, FINANCE
 from apps.ledger.models import Invoice
 from apps.observability import services as observability
 from apps.posting.models import Operation, Posting
-from apps.reconciliation import services
+from apps.reconciliation import services, tasks
 from apps.reconciliation.models import DifferenceKind, HealAction, ReconciliationRun, RunStatus, Side, Trigger
 from apps.routing.models import ERPConnection
 from apps.sources import stripe_samples as se
@@ -180,7 +180,7 @@ def test_the_schedule_runs_every_scope_with_invoices_this_month_and_the_gauge_co
     assert entry["task"] == "reconciliation.run_scheduled"
     assert observability.reconciliation_differences()["tryton-local"] == 0
 
-    started = services.start_scheduled()
+    started = tasks.run_scheduled()  # what beat sends once a day
     [run] = ReconciliationRun.objects.filter(pk__in=started)
     assert (run.connection.name, run.legal_entity.code, run.currency, run.trigger) == (
         "tryton-local",
@@ -198,7 +198,7 @@ def test_the_schedule_runs_every_scope_with_invoices_this_month_and_the_gauge_co
         }
     ]
     assert services.start_scheduled() == []  # the same scope is already queued
-    services.execute_run(run.pk)
+    assert tasks.run_reconciliation(run.pk) == RunStatus.COMPLETED  # what the worker does with its message
     assert observability.reconciliation_differences() == {"tryton-local": 1}
 
 
@@ -252,3 +252,10 @@ def test_a_document_the_hub_posted_that_the_erp_no_longer_lists_is_a_case_not_a_
     assert case is not None and case.code == "reconciliation_missing_in_erp"
     assert f"The hub recorded it as posted (ERP id {posting.erp_id}" in case.message
     assert case.invoice is not None and case.invoice.source_id == obj["id"]
+    finance = as_user(user_in(FINANCE, "fiona.finance"))
+    page = finance.get(reverse("admin:console_exceptioncase_change", args=[case.pk])).content.decode()
+    assert "Reconciliation: missing in erp" in page and "The hub recorded it as posted" in page
+    open_list = finance.get(reverse("admin:reconciliation_difference_changelist")).content.decode()
+    assert obj["id"] in open_list and "77.00" in open_list
+    drill = finance.get(reverse("admin:reconciliation_difference_change", args=[difference.pk]))
+    assert drill.status_code == 302 and f"#difference-{difference.pk}" in drill["Location"]
