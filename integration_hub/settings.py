@@ -190,7 +190,10 @@ CELERY_TASK_SOFT_TIME_LIMIT = 240
 CELERY_WORKER_SEND_TASK_EVENTS = True
 # Keep the project's LOGGING (JSON lines with correlation ids) in workers too.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-CELERY_TASK_SEND_SENT_EVENT = True
+# Flower and the metrics follow tasks through the workers' own events (received, started,
+# succeeded). A "task-sent" event would be a second Redis publish on every send, in the webhook
+# request too (bench/BENCHMARKS.md).
+CELERY_TASK_SEND_SENT_EVENT = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Publishing must fail fast when the broker is down: the row is already stored and a sweeper will
 # enqueue it later, so a web request should not hang on the broker.

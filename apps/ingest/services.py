@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -50,11 +52,28 @@ class Receipt:
     duplicate: bool
 
 
+# Every webhook names its source; sources change rarely. Each process reads one at most every
+# few seconds (a change made in another process, such as deactivating a source, is seen within
+# that time; one made in this process at once: forget_sources runs on every save and delete).
+SOURCE_CACHE_SECONDS = 5.0
+_sources: dict[str, tuple[float, BillingSource]] = {}
+
+
 def active_source(name: str) -> BillingSource:
+    cached = _sources.get(name)
+    now = time.monotonic()
+    if cached is not None and now - cached[0] < SOURCE_CACHE_SECONDS:
+        return cached[1]
     source = BillingSource.objects.select_related("legal_entity").filter(name=name, active=True).first()
     if source is None:
+        _sources.pop(name, None)
         raise UnknownSource(f"No active billing source is named '{name}'.")
+    _sources[name] = (now, source)
     return source
+
+
+def forget_sources(**_: object) -> None:
+    _sources.clear()
 
 
 def verify(source: BillingSource, body: bytes, headers: Mapping[str, str]) -> Envelope:
@@ -64,11 +83,18 @@ def verify(source: BillingSource, body: bytes, headers: Mapping[str, str]) -> En
 
 
 def store_event(source: BillingSource, envelope: Envelope, body: bytes, headers: Mapping[str, str]) -> Receipt:
-    """Store first, answer later. A database failure propagates (the view answers 5xx)."""
+    """Store first, answer later. A database failure propagates (the view answers 5xx).
+
+    One statement on the way in (measured in bench/BENCHMARKS.md): the row is stored already
+    marked as sent, its message goes right after the commit, and the mark is taken back only if
+    that send fails, so the sweeper sends it once the broker is back."""
     event_id = envelope.event_id
     kept = adapter_for(source.kind).kept_headers
+    # A single INSERT commits by itself; inside a caller's transaction a savepoint keeps a
+    # duplicate from aborting it.
+    own_transaction = transaction.atomic() if transaction.get_connection().in_atomic_block else nullcontext()
     try:
-        with transaction.atomic():
+        with own_transaction:
             event = InboxEvent.objects.create(
                 source=source.name,
                 event_id=event_id,
@@ -77,8 +103,9 @@ def store_event(source: BillingSource, envelope: Envelope, body: bytes, headers:
                 headers={key: value for key, value in headers.items() if key.lower() in kept},
                 body=body.decode("utf-8"),
                 correlation_id=for_event(event_id),
+                enqueued_at=timezone.now(),
             )
-            transaction.on_commit(lambda: send_normalize(event.pk, event.correlation_id))
+            transaction.on_commit(lambda: _send_stored(event))
     except IntegrityError:
         InboxEvent.objects.filter(source=source.name, event_id=event_id).update(delivery_count=F("delivery_count") + 1)
         event = InboxEvent.objects.get(source=source.name, event_id=event_id)
@@ -92,14 +119,21 @@ def store_event(source: BillingSource, envelope: Envelope, body: bytes, headers:
     return Receipt(event, duplicate=False)
 
 
-def send_normalize(event_id: int, correlation_id: str) -> bool:
+def send_normalize(event_id: int, correlation_id: str, *, mark_sent: bool = True) -> bool:
     try:
         current_app.send_task(NORMALIZE_TASK, args=[event_id], headers={TASK_HEADER: correlation_id})
     except Exception:  # noqa: BLE001 - broker down: the event is stored; the inbox sweeper sends it later
         log.warning("broker unavailable; event stays in the inbox for the sweeper", extra={"inbox_event_id": event_id})
         return False
-    InboxEvent.objects.filter(pk=event_id).update(enqueued_at=timezone.now())
+    if mark_sent:
+        InboxEvent.objects.filter(pk=event_id).update(enqueued_at=timezone.now())
     return True
+
+
+def _send_stored(event: InboxEvent) -> None:
+    """The message of an event stored as sent; unmarked when the broker refuses it."""
+    if not send_normalize(event.pk, event.correlation_id, mark_sent=False):
+        InboxEvent.objects.filter(pk=event.pk).update(enqueued_at=None)
 
 
 def _apply(source: BillingSource, command: LedgerCommand, correlation_id: str) -> None:
