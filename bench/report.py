@@ -146,6 +146,8 @@ def _machine(results: dict[str, Any]) -> list[str]:
         f"{m.get('load_average_at_end', '?')}. The machine was shared with other work during the run "
         "(see each part's load average): every ceiling was measured in the same run, on the same "
         "processes and settings, so the ratios hold better than the absolute figures.",
+        f"- Code: commit {m.get('commit', '?')}, with {m.get('uncommitted_files', '?')} tracked files changed in the "
+        "working tree by sessions working at the same time.",
         "- Everything runs on this one machine: PostgreSQL, Redis, the web and worker processes, the ERP "
         "(simulator or Tryton) and the load generators.",
         "",

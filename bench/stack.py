@@ -141,6 +141,12 @@ def machine() -> dict[str, Any]:
         "postgresql": version(["psql", "-h", "127.0.0.1", "-U", "postgres", "-tAc", "SHOW server_version"]),
         "redis": version(["redis-server", "--version"]),
         "wrk": version(["wrk", "--version"]) if shutil.which("wrk") else "not installed",
+        "commit": version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+        "uncommitted_files": len(
+            subprocess.run(
+                ["git", "-C", str(ROOT), "status", "--short", "--untracked-files=no"], capture_output=True, text=True
+            ).stdout.splitlines()
+        ),
         "load_average_at_start": load_average(),
     }
 
@@ -312,7 +318,7 @@ def wrk(
             "-c",
             str(connections),
             "-d",
-            f"{seconds}s",
+            f"{max(1, round(seconds))}s",
             "--timeout",
             "30s",
             "-s",
