@@ -126,8 +126,6 @@ class Outcome:
     # (side, document type) -> [count, amount in minor units]
     totals: dict[tuple[str, str], list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
     compared: int = 0
-    # (source, source_id) of every document the run covers, agreed or not.
-    in_scope: set[tuple[str, str]] = field(default_factory=set)
 
 
 @dataclass
@@ -177,7 +175,6 @@ def compare(
         if not period_start <= ledger.document_date <= period_end:
             continue  # it accounts for its billing and ERP documents; another period's run compares it
         outcome.compared += 1
-        outcome.in_scope.add((ledger.source, ledger.source_id))
         count(Side.LEDGER, ledger.document_type, ledger.amount_minor, ledger.currency)
         if bill is not None:
             count(Side.BILLING, ledger.document_type, bill.amount_minor, bill.currency)

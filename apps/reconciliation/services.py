@@ -261,7 +261,7 @@ def _carry_out(run: ReconciliationRun) -> None:
     mark = phase("store", mark)
     if run.heal:
         _heal(run, differences)
-        _resolve_agreed_cases(run, outcome, differences)
+        _resolve_agreed_cases(run, differences)
     phase("heal", mark)
     timings["total"] = round(clock.perf_counter() - started, 3)
     replanned = sum(1 for d in differences if d.heal_action == HealAction.REPLANNED)
@@ -628,29 +628,33 @@ def _open_case(run: ReconciliationRun, difference: Difference) -> ExceptionCase:
     return case
 
 
-def _resolve_agreed_cases(run: ReconciliationRun, outcome: compare.Outcome, differences: list[Difference]) -> None:
-    """Reconciliation cases of this connection and legal entity whose document this run compared
-    and found in agreement."""
+def _resolve_agreed_cases(run: ReconciliationRun, differences: list[Difference]) -> None:
+    """The reconciliation cases an earlier run of this scope opened whose difference this run no
+    longer finds: billing, the ledger and the ERP agree on the document now."""
     still = {(d.source, d.source_id) for d in differences}
-    open_cases = ExceptionCase.objects.filter(
-        connection=run.connection,
-        legal_entity=run.legal_entity,
-        root_kind=ExceptionCase.ROOT_RECONCILIATION,
-        status=CaseStatus.OPEN,
+    earlier = (
+        Difference.objects.filter(
+            case__status=CaseStatus.OPEN,
+            case__root_kind=ExceptionCase.ROOT_RECONCILIATION,
+            run__in=run.same_scope().exclude(pk=run.pk),
+        )
+        .order_by()
+        .values_list("case_id", "source", "source_id")
+        .distinct()
     )
-    for case in open_cases:
-        key = (case.source, case.source_id)
-        if key in still or key not in outcome.in_scope:
+    for case_id, source, source_id in earlier:
+        if (source, source_id) in still:
             continue
         with transaction.atomic():
-            resolved = ExceptionCase.objects.filter(pk=case.pk, status=CaseStatus.OPEN).update(
+            resolved = ExceptionCase.objects.filter(pk=case_id, status=CaseStatus.OPEN).update(
                 status=CaseStatus.RESOLVED,
                 resolved_at=timezone.now(),
                 resolved_by="reconciliation",
                 resolution=f"Billing, ledger and ERP agree (reconciliation run {run.pk})",
             )
             if resolved:
-                audit.record("case.resolved", case, after={"reconciliation_run": run.pk})
+                case = ExceptionCase.objects.get(pk=case_id)
+                audit.record("case.resolved", case, actor="reconciliation", after={"reconciliation_run": run.pk})
 
 
 # -- reading runs ----------------------------------------------------------------------------
