@@ -22,7 +22,7 @@ import logging
 import time as clock
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 from celery import current_app
 from django.db import IntegrityError, transaction
@@ -63,6 +63,7 @@ STALE_AFTER = timedelta(hours=2)
 CASE_CODE_PREFIX = "reconciliation_"
 IN_PROGRESS = (PostingState.QUEUED, PostingState.WAITING, PostingState.IN_FLIGHT, PostingState.RETRY_SCHEDULED)
 BATCH = 2000
+SCOPE_COLUMNS = ("connection_id", "legal_entity_id", "currency", "period_start", "period_end")
 
 
 class RunRefused(ValueError):
@@ -664,6 +665,26 @@ def open_differences_by_connection() -> dict[str, int]:
     """How many differences the latest completed run of each scope left, per connection."""
     rows = Difference.objects.open().values("run__connection__name").annotate(n=Count("id"))
     return {row["run__connection__name"]: row["n"] for row in rows}
+
+
+def open_differences_at(moments: list[datetime], connection: ERPConnection | None = None) -> list[int]:
+    """How many differences were open at each moment: per scope, the count of its latest run
+    completed by then, summed over scopes (the reconciliation backlog over time)."""
+    if not moments:
+        return []
+    runs = ReconciliationRun.objects.filter(status=RunStatus.COMPLETED, finished_at__lte=max(moments))
+    if connection is not None:
+        runs = runs.filter(connection=connection)
+    rows = list(runs.order_by("finished_at").values_list(*SCOPE_COLUMNS, "finished_at", "difference_count"))
+    latest: dict[tuple[object, ...], int] = {}
+    counts: dict[datetime, int] = {}
+    applied = 0
+    for moment in sorted(moments):
+        while applied < len(rows) and rows[applied][5] <= moment:
+            latest[rows[applied][:5]] = rows[applied][6]
+            applied += 1
+        counts[moment] = sum(latest.values())
+    return [counts[moment] for moment in moments]
 
 
 def trend(run: ReconciliationRun, limit: int = 60) -> dict[str, object]:
