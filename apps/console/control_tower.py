@@ -71,8 +71,9 @@ LATENCY_SAMPLE = 50_000
 # Exception cases read to rebuild the aging chart; a month with more is shown truncated.
 CASE_LIMIT = 100_000
 RECONCILIATION_NOTE = (
-    "Reconciliation is not built yet (issue 8): the hub does not compare the ERP's balances with "
-    "billing's, so this backlog stays at zero until it does."
+    "Open reconciliation differences: at each moment, the differences found by the latest completed "
+    "reconciliation run of every scope (connection, legal entity, currency, period). Runs are daily and "
+    "on demand; a difference is gone once a later run of its scope no longer finds it."
 )
 
 
@@ -492,8 +493,10 @@ def open_cases_by_connection() -> dict[int | None, tuple[int, datetime]]:
     return {row["connection_id"]: (row["n"], row["oldest"]) for row in rows}
 
 
-def reconciliation_backlog(b: Buckets) -> list[int]:
-    return [0] * b.count
+def reconciliation_backlog(b: Buckets, connection: ERPConnection | None = None) -> list[int]:
+    from apps.reconciliation.services import open_differences_at
+
+    return open_differences_at([b.moment(i) for i in range(b.count)], connection)
 
 
 # -- SLA ----------------------------------------------------------------------------------------
@@ -702,7 +705,7 @@ def build(
         },
         "backlog": [backlog_dataset(h) for h in shown],
         "aging": [{"key": a.key, "label": a.label, "data": aging.series[a.key]} for a in AGE_BUCKETS],
-        "reconciliation": reconciliation_backlog(b),
+        "reconciliation": reconciliation_backlog(b, connection),
     }
     return {
         "buckets": b,

@@ -268,3 +268,34 @@ def test_the_page_works_on_a_client_without_a_selected_window(seeded_now: Any, a
     response = admin_client.get(TOWER, {"window": "fortnight", "connection": "nope"})
     assert response.status_code == 200 and response.context["window"] == "day"
     assert response.context["selected"] is None
+
+
+def test_the_reconciliation_backlog_is_the_latest_runs_open_differences(seeded: dict[str, ERPConnection]) -> None:
+    from apps.ledger.models import LegalEntity
+    from apps.reconciliation.models import ReconciliationRun, RunStatus
+
+    entity = LegalEntity.objects.create(code="US01", name="Hub Demo Inc.", country="US", base_currency="USD")
+
+    def run(connection: ERPConnection, finished: datetime, differences: int, currency: str = "USD") -> None:
+        ReconciliationRun.objects.create(
+            connection=connection,
+            legal_entity=entity,
+            currency=currency,
+            period_start=datetime(2026, 11, 1).date(),
+            period_end=datetime(2026, 11, 30).date(),
+            trigger="scheduled",
+            requested_by="system",
+            status=RunStatus.COMPLETED,
+            finished_at=finished,
+            difference_count=differences,
+        )
+
+    run(seeded["a"], at(2, 30), 5)  # 02:30: five differences
+    run(seeded["a"], at(6, 30), 2)  # 06:30: the same scope again, three of them gone
+    run(seeded["b"], at(4, 30), 4, currency="EUR")  # another scope
+    day = tower.buckets("day", NOW)
+    series = tower.reconciliation_backlog(day)
+    by_hour = dict(zip(day.labels(), series, strict=True))
+    assert (by_hour["01:00"], by_hour["02:00"], by_hour["04:00"], by_hour["06:00"], by_hour["10:00"]) == (0, 5, 9, 6, 6)
+    only_a = dict(zip(day.labels(), tower.reconciliation_backlog(day, seeded["a"]), strict=True))
+    assert (only_a["04:00"], only_a["10:00"]) == (5, 2)

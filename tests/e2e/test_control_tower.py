@@ -190,7 +190,9 @@ def test_finance_sees_the_control_tower_charts_and_the_breaches_of_a_connection(
     assert [d["label"] for d in aging["datasets"]] == [a.label for a in control_tower.AGE_BUCKETS]
     assert chart(browser, "chart-reconciliation")["datasets"][0]["data"] == [0] * 24
     console.expect_text(
-        console.find(By.ID, "reconciliation-note", "the reconciliation note"), "issue 8", what="the note"
+        console.find(By.ID, "reconciliation-note", "the reconciliation note"),
+        "latest completed reconciliation run",
+        what="the note",
     )
     day_shot = console.shot("01-control-tower-day", full_page=True)
 
