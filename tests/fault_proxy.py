@@ -22,6 +22,7 @@ class Fault:
     hold_seconds: float = 0.0  # forward, let the ERP commit, then answer this late
     status: int = 0  # answer this status without forwarding
     retry_after: str = ""
+    after: int = 0  # let this many calls of the method through untouched first
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,9 @@ class FaultProxy:
         with self._lock:
             self.calls[method] += 1
             for fault in self.faults:
+                if fault.method == method and fault.after > 0:
+                    fault.after -= 1
+                    return None
                 if fault.method == method and fault.times > 0:
                     fault.times -= 1
                     self.injected[method] += 1
@@ -133,10 +137,17 @@ class FaultProxy:
         return None
 
     def inject(
-        self, method: str, *, times: int = 1, hold_seconds: float = 0.0, status: int = 0, retry_after: str = ""
+        self,
+        method: str,
+        *,
+        times: int = 1,
+        hold_seconds: float = 0.0,
+        status: int = 0,
+        retry_after: str = "",
+        after: int = 0,
     ) -> None:
         with self._lock:
-            self.faults.append(Fault(method, times, hold_seconds, status, retry_after))
+            self.faults.append(Fault(method, times, hold_seconds, status, retry_after, after))
 
     def max_in_any_window(self, seconds: float) -> int:
         """The most requests that arrived within any window of ``seconds``."""

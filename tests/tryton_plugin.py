@@ -117,7 +117,17 @@ class TrytonInspector:
         return self._search_read(
             "account.invoice",
             [["reference", "=", reference]],
-            ["id", "state", "number", "total_amount", "tax_amount", "amount_to_pay", "invoice_date", "party"],
+            [
+                "id",
+                "state",
+                "number",
+                "total_amount",
+                "tax_amount",
+                "amount_to_pay",
+                "invoice_date",
+                "party",
+                "description",
+            ],
         )
 
     def invoice_lines(self, invoice_id: int) -> list[dict[str, Any]]:
@@ -173,6 +183,90 @@ class TrytonInspector:
 
     def amount(self, value: Any) -> Decimal:
         return Decimal(value)
+
+    # -- what an accountant does at month end --------------------------------------------------
+
+    def _create(self, model: str, values: dict[str, Any]) -> int:
+        [record_id] = self.rpc.call(f"model.{model}.create", [[values]], writes=True)
+        return int(record_id)
+
+    def ensure_fiscal_year(self, year: int) -> None:
+        """A fiscal year of monthly periods with its own move and invoice sequences, as the
+        bootstrap makes them (it makes last year, this year and next year)."""
+        if self._search_read("account.fiscalyear", [["name", "=", str(year)]], ["id"]):
+            return
+        company = int(self.rpc.context["company"])
+        [moves_type] = self._search_read("ir.sequence.type", [["name", "=", "Account Move"]], ["id"])
+        [invoices_type] = self._search_read("ir.sequence.type", [["name", "=", "Invoice"]], ["id"])
+
+        def sequence(name: str, kind: dict[str, Any], prefix: str = "") -> int:
+            values = {"name": f"{name} {year}", "sequence_type": kind["id"], "company": company, "prefix": prefix}
+            return self._create("ir.sequence.strict", values)
+
+        invoices = sequence("Invoices", invoices_type, f"INV/{year}/")
+        credit_notes = sequence("Credit notes", invoices_type, f"CN/{year}/")
+        fiscal_year = self._create(
+            "account.fiscalyear",
+            {
+                "name": str(year),
+                "start_date": date(year, 1, 1),
+                "end_date": date(year, 12, 31),
+                "company": company,
+                "move_sequence": sequence("Moves", moves_type),
+                "invoice_sequences": [
+                    [
+                        "create",
+                        [
+                            {
+                                "company": company,
+                                "out_invoice_sequence": invoices,
+                                "out_credit_note_sequence": credit_notes,
+                                "in_invoice_sequence": invoices,
+                                "in_credit_note_sequence": credit_notes,
+                            }
+                        ],
+                    ]
+                ],
+            },
+        )
+        self.rpc.call("model.account.fiscalyear.create_period", [[fiscal_year]], writes=True)
+
+    def period(self, on: date) -> dict[str, Any]:
+        [period] = self._search_read(
+            "account.period",
+            [["type", "=", "standard"], ["start_date", "<=", on], ["end_date", ">=", on]],
+            ["id", "name", "state", "start_date", "end_date"],
+        )
+        return period
+
+    def close_period(self, on: date) -> dict[str, Any]:
+        """Close the accounting period of ``on`` (Tryton closes its journal periods with it)."""
+        period = self.period(on)
+        if period["state"] == "open":
+            self.rpc.call("model.account.period.close", [[period["id"]]], writes=True)
+        return self.period(on)
+
+    def reopen_period(self, on: date) -> None:
+        """Reopen the period of ``on`` and its journal periods, as an accountant undoes a close."""
+        period = self.period(on)
+        if period["state"] != "open":
+            self.rpc.call("model.account.period.reopen", [[period["id"]]], writes=True)
+        closed = self._search_read(
+            "account.journal.period", [["period", "=", period["id"]], ["state", "=", "closed"]], ["id"]
+        )
+        if closed:
+            self.rpc.call("model.account.journal.period.reopen", [[row["id"] for row in closed]], writes=True)
+
+    def notes(self, model: str, record_id: int) -> list[str]:
+        """The notes people read beside a record in Tryton's client."""
+        rows = self._search_read("ir.note", [["resource", "=", f"{model},{record_id}"]], ["message"])
+        return [str(row["message"]) for row in rows]
+
+    def move_of_line(self, line_id: int) -> dict[str, Any]:
+        [line] = self.rpc.call(
+            "model.account.move.line.read", [[line_id], ["move", "move.date", "move.description"]], writes=False
+        )
+        return {"id": int(line["move"]), "date": line["move."]["date"], "description": line["move."]["description"]}
 
 
 @pytest.fixture(scope="session")

@@ -58,6 +58,15 @@ DISPUTE_MOVEMENTS = {
     OPERATION_LOSE_DISPUTE: "lost",
 }
 
+# Refusals of a document's date that a connection's closed-period policy may answer by re-dating it
+# (``ERPConnection.closed_period_policy``): the date's period is closed in the ERP, or (Tryton) a
+# later customer invoice is already numbered in the sequence, which keeps invoice dates in order.
+# Connectors raise them as ``BusinessRuleError`` codes; a refusal may name, in its params under
+# ``ACCEPTED_FROM`` (ISO date), the first date the ERP would take.
+CLOSED_PERIOD = "closed_period"
+INVOICE_DATE_ORDER = "invoice_date_out_of_sequence"
+ACCEPTED_FROM = "accepted_from"
+
 
 # What a reconciliation compares, by the kind of document the ERP holds under a hub reference.
 ERP_INVOICE = "invoice"
@@ -196,6 +205,14 @@ class ERPConnector(abc.ABC):
         dated in [start, end] that carries a reference, in ``company`` (the ERP's own id of the
         legal entity, from the ``company`` dimension mapping; "" for the connection's default).
         Optional: without it a reconciliation run says the ERP side could not be read."""
+        raise NotImplementedError
+
+    def first_open_date(self, on_or_after: date, company: str = "") -> date | None:
+        """The first day on or after ``on_or_after`` that falls in a period the ERP takes postings
+        in, for ``company`` (the ERP's own id of the legal entity, from the ``company`` dimension
+        mapping; "" for the connection's default): ``on_or_after`` itself when its period is open,
+        else the first day of the next open period; None when no open period follows. Optional:
+        without it a document refused for a closed period is parked whatever the policy."""
         raise NotImplementedError
 
     def close(self) -> None:  # noqa: B027 - optional hook

@@ -80,6 +80,9 @@ class InvoiceDocument:
     correlation_id: str = ""
     dimensions: dict[str, str] = field(default_factory=dict)
     erp_currency: str = ""
+    # Billing's date, when the ERP's period for it is closed and the hub re-dated the document
+    # (its own date field holds the new date); the connector writes it into the memo.
+    original_date: date | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class PaymentDocument:
     correlation_id: str = ""
     dimensions: dict[str, str] = field(default_factory=dict)
     erp_currency: str = ""
+    original_date: date | None = None  # billing's date, when re-dated (see InvoiceDocument)
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,7 @@ class OnAccountDocument:
     correlation_id: str = ""
     dimensions: dict[str, str] = field(default_factory=dict)
     erp_currency: str = ""
+    original_date: date | None = None  # billing's date, when re-dated (see InvoiceDocument)
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,7 @@ class CreditMemoDocument:
     correlation_id: str = ""
     dimensions: dict[str, str] = field(default_factory=dict)
     erp_currency: str = ""
+    original_date: date | None = None  # billing's date, when re-dated (see InvoiceDocument)
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,7 @@ class RefundDocument:
     correlation_id: str = ""
     dimensions: dict[str, str] = field(default_factory=dict)
     erp_currency: str = ""
+    original_date: date | None = None  # billing's date, when re-dated (see InvoiceDocument)
 
 
 @dataclass(frozen=True)
@@ -174,6 +181,7 @@ class VoidDocument:
     correlation_id: str = ""
     why: str = "voided"  # what billing did, for the messages: "voided" or "amended"
     dimensions: dict[str, str] = field(default_factory=dict)
+    original_date: date | None = None  # billing's date, when re-dated (see InvoiceDocument)
 
 
 @dataclass(frozen=True)
@@ -194,6 +202,7 @@ class WriteOffDocument:
     correlation_id: str = ""
     dimensions: dict[str, str] = field(default_factory=dict)
     erp_currency: str = ""
+    original_date: date | None = None  # billing's date, when re-dated (see InvoiceDocument)
 
 
 @dataclass(frozen=True)
@@ -217,6 +226,7 @@ class DisputeMovementDocument:
     correlation_id: str = ""
     dimensions: dict[str, str] = field(default_factory=dict)
     erp_currency: str = ""
+    original_date: date | None = None  # billing's date, when re-dated (see InvoiceDocument)
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,12 @@ from typing import Any
 import requests
 
 from apps.connectors.base import (
+    ACCEPTED_FROM,
+    CLOSED_PERIOD,
     DISPUTE_MOVEMENTS,
     ERP_CREDIT_MEMO,
     ERP_INVOICE,
+    INVOICE_DATE_ORDER,
     OPERATION_APPLY_CREDIT,
     OPERATION_APPLY_PAYMENT,
     OPERATION_ENSURE_CUSTOMER,
@@ -294,6 +297,25 @@ def _address_values(address: Address) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value}
 
 
+def _redated_memo(original: datetime.date, posted_on: datetime.date) -> str:
+    """What a re-dated document says in Tryton: billing's date, which the ERP's own date no longer is."""
+    return f"billing date {original.isoformat()}, re-dated {posted_on.isoformat()} by the hub"
+
+
+def _with_memo(label: str, posted_on: datetime.date, original: datetime.date | None) -> str:
+    return f"{label} ({_redated_memo(original, posted_on)})" if original is not None else label
+
+
+def _invoice_description(doc: InvoiceDocument | CreditMemoDocument) -> str:
+    """Billing's number and customer; for a re-dated document also billing's date, kept whole when
+    the description is cut to Tryton's length."""
+    description = f"{doc.number} ({doc.customer_ref})"
+    if doc.original_date is None:
+        return description[:200]
+    memo = _redated_memo(doc.original_date, doc.invoice_date)
+    return f"{description[: 200 - len(memo) - 3]} - {memo}"
+
+
 class TrytonConnector(ERPConnector):
     kind = "tryton"
     dedupe_strategy = "lookup"
@@ -334,7 +356,7 @@ class TrytonConnector(ERPConnector):
         return self._search_read(
             "account.invoice",
             [["reference", "=", reference], ["type", "=", "out"]],
-            ["id", "state", "number", "total_amount", "currency.code"],
+            ["id", "state", "number", "total_amount", "currency.code", "invoice_date", "description"],
             order=[["id", "ASC"]],
         )
 
@@ -493,6 +515,7 @@ class TrytonConnector(ERPConnector):
             if invoice["state"] in ("draft", "validated"):
                 if invoice_id is None and invoice["total_amount"] == expected_total:
                     invoice_id = int(invoice["id"])  # left by a post that failed: reuse it
+                    self._redate_draft(invoice, doc)
                 elif invoice["state"] == "draft":
                     self.rpc.call("model.account.invoice.delete", [[invoice["id"]]], writes=True)
         if invoice_id is None:
@@ -507,7 +530,15 @@ class TrytonConnector(ERPConnector):
                     f"draft {invoice_id} total {created['total_amount']} != {expected_total}",
                     params={"erp_total": str(created["total_amount"]), "billing_total": str(expected_total)},
                 )
-        self.rpc.call("model.account.invoice.post", [[invoice_id]], writes=True)
+        try:
+            self.rpc.call("model.account.invoice.post", [[invoice_id]], writes=True)
+        except _ErpUserError as refused:
+            refined = self._date_refusal(
+                refused, doc.invoice_date, invoice_id, "invoice" if sign > 0 else "credit_note"
+            )
+            if refined is refused:
+                raise
+            raise refined from refused
         [posted] = self._read("account.invoice", [invoice_id], ["id", "state", "number", "total_amount"])
         return self._invoice_result(posted)
 
@@ -605,7 +636,7 @@ class TrytonConnector(ERPConnector):
             "currency": currency_id,
             "invoice_date": doc.invoice_date,
             "reference": doc.external_ref,
-            "description": f"{doc.number} ({doc.customer_ref})"[:200],
+            "description": _invoice_description(doc),
             "lines": [["create", lines]],
         }
         if doc.due_date:
@@ -672,6 +703,7 @@ class TrytonConnector(ERPConnector):
         invoice_id = int(doc.invoice_erp_id)
         existing = self._find_payment_line(doc.external_ref)
         if existing is not None:
+            self._note_redated(existing, doc.paid_on, doc.original_date)
             return PostResult(str(existing["id"]), doc.external_ref, {"action": "already applied"})
         method_id = self._payment_method_id(doc.payment_journal)
         amount = to_decimal(doc.amount_minor, doc.currency)
@@ -684,13 +716,14 @@ class TrytonConnector(ERPConnector):
                 f"invoice {invoice_id} state {invoice['state']} amount_to_pay {invoice['amount_to_pay']}",
                 params={"erp_total": str(invoice["amount_to_pay"]), "billing_total": str(amount)},
             )
-        return self._pay(invoice_id, amount, method_id, doc.paid_on, doc.external_ref)
+        return self._pay(invoice_id, amount, method_id, doc.paid_on, doc.external_ref, doc.original_date)
 
     def refund_credit_memo(self, doc: RefundDocument) -> PostResult:
         """Tryton pays a credit note out with the same pay wizard, for a negative amount: the money
         leaves the payment method's account and the customer's credit is used up."""
         existing = self._find_payment_line(doc.external_ref)
         if existing is not None:
+            self._note_redated(existing, doc.refunded_on, doc.original_date)
             return PostResult(str(existing["id"]), doc.external_ref, {"action": "already refunded"})
         credit_id = int(doc.credit_memo_erp_id)
         method_id = self._payment_method_id(doc.payment_journal)
@@ -706,7 +739,7 @@ class TrytonConnector(ERPConnector):
                 f"credit note {credit_id} state {credit['state']} amount_to_pay {credit['amount_to_pay']}",
                 params={"erp_total": str(owed), "billing_total": str(amount)},
             )
-        return self._pay(credit_id, -amount, method_id, doc.refunded_on, doc.external_ref)
+        return self._pay(credit_id, -amount, method_id, doc.refunded_on, doc.external_ref, doc.original_date)
 
     def _payment_method_id(self, name: str) -> int:
         return self._lookup_id(
@@ -718,10 +751,22 @@ class TrytonConnector(ERPConnector):
             "mapping in the hub, then retry.",
         )
 
-    def _pay(self, invoice_id: int, amount: Decimal, method_id: int, on: datetime.date, reference: str) -> PostResult:
+    def _pay(
+        self,
+        invoice_id: int,
+        amount: Decimal,
+        method_id: int,
+        on: datetime.date,
+        reference: str,
+        original_date: datetime.date | None = None,
+    ) -> PostResult:
         """Run the pay wizard (a partial payment answers its "ask" step) and return the payment
-        line it wrote with ``reference``."""
-        with self._wizard("wizard.account.invoice.pay", "account.invoice", [invoice_id]) as execute:
+        line it wrote with ``reference``. The move's description is the reference (how it is
+        found again), so billing's date of a re-dated payment goes into a note on the move."""
+        with (
+            self._dated(on, invoice_id),
+            self._wizard("wizard.account.invoice.pay", "account.invoice", [invoice_id]) as execute,
+        ):
             shown = execute("start", {}, writes=False)
             start = {**self._defaults(shown["view"]), "amount": amount, "payment_method": method_id}
             data = {"start": {**start, "date": on, "description": reference}}
@@ -733,6 +778,7 @@ class TrytonConnector(ERPConnector):
         line = self._find_payment_line(reference)
         if line is None:
             raise UncertainOutcome(f"the pay wizard finished but no payment line carries {reference}")
+        self._note_redated(line, on, original_date)
         return PostResult(str(line["id"]), reference, {"action": "applied" if amount > 0 else "refunded"})
 
     # -- voids and write-offs -------------------------------------------------------------
@@ -760,10 +806,13 @@ class TrytonConnector(ERPConnector):
             # a draft has nothing to undo; a posted one is cancelled where the company allows it
             self.rpc.call("model.account.invoice.cancel", [[invoice_id]], writes=True)
         else:
-            self._credit_with_refund(invoice_id, doc.voided_on)
+            with self._dated(doc.voided_on, invoice_id, "credit_note"):
+                self._credit_with_refund(invoice_id, doc.voided_on)
         [cancelled] = self._read("account.invoice", [invoice_id], ["id", "state", "number"])
         if cancelled["state"] != "cancelled":
             raise UncertainOutcome(f"Tryton invoice {invoice_id} is {cancelled['state']} after the void")
+        if doc.original_date is not None:
+            self._ensure_note("account.invoice", invoice_id, _redated_memo(doc.original_date, doc.voided_on))
         return self._void_result(cancelled)
 
     def _company_cancels_posted_invoices(self, company_id: int) -> bool:
@@ -790,6 +839,9 @@ class TrytonConnector(ERPConnector):
         with a write-off move to the bad-debt account, described with our reference."""
         existing = self._find_move(doc.external_ref)
         if existing is not None:
+            if doc.original_date is not None:
+                memo = _redated_memo(doc.original_date, doc.written_off_on)
+                self._ensure_note("account.move", int(existing["id"]), memo)
             return PostResult(str(existing["id"]), existing.get("number") or "", {"action": "already written off"})
         invoice_id = int(doc.invoice_erp_id)
         [invoice] = self._read(
@@ -820,13 +872,16 @@ class TrytonConnector(ERPConnector):
             message=f"The write-off method '{doc.write_off_method}' does not exist in Tryton. Fix the write-off "
             "method mapping in the hub (or create the method in Tryton), then retry.",
         )
-        self._reconcile(
-            self._unreconciled(*invoice["lines_to_pay"], *invoice["payment_lines"]),
-            writeoff={"writeoff": method_id, "date": doc.written_off_on, "description": doc.external_ref},
-        )
+        with self._dated(doc.written_off_on, invoice_id):
+            self._reconcile(
+                self._unreconciled(*invoice["lines_to_pay"], *invoice["payment_lines"]),
+                writeoff={"writeoff": method_id, "date": doc.written_off_on, "description": doc.external_ref},
+            )
         move = self._find_move(doc.external_ref)
         if move is None:
             raise UncertainOutcome(f"the reconcile wizard finished but no move carries {doc.external_ref}")
+        if doc.original_date is not None:
+            self._ensure_note("account.move", int(move["id"]), _redated_memo(doc.original_date, doc.written_off_on))
         return PostResult(str(move["id"]), move.get("number") or "", {"action": "written off"})
 
     def _find_move(self, external_ref: str) -> dict[str, Any] | None:
@@ -861,7 +916,11 @@ class TrytonConnector(ERPConnector):
         if not debit:
             raise ConfigurationError(f"a lost dispute needs a loss account: {doc.external_ref}")
         amount = to_decimal(doc.amount_minor, doc.currency)
-        label = f"Dispute {doc.dispute_ref} on payment {doc.payment_ref}: funds {doc.movement}"
+        label = _with_memo(
+            f"Dispute {doc.dispute_ref} on payment {doc.payment_ref}: funds {doc.movement}",
+            doc.moved_on,
+            doc.original_date,
+        )
         move = self._post_move(
             method,
             doc.moved_on,
@@ -898,7 +957,7 @@ class TrytonConnector(ERPConnector):
                 {"account": int(method["debit_account"]), "debit": amount},
                 {"account": self._receivable_of(party_id), "credit": amount, "party": party_id},
             ],
-            f"Unapplied cash from payment {doc.payment_ref}",
+            _with_memo(f"Unapplied cash from payment {doc.payment_ref}", doc.received_on, doc.original_date),
             existing,
         )
         return PostResult(str(move["id"]), move.get("number") or "", {"action": "received on account"})
@@ -931,7 +990,7 @@ class TrytonConnector(ERPConnector):
                     {"account": receivable, "debit": amount, "party": party_id},
                     {"account": receivable, "credit": amount, "party": party_id},
                 ],
-                f"Customer credit applied to {doc.invoice_ref}",
+                _with_memo(f"Customer credit applied to {doc.invoice_ref}", doc.paid_on, doc.original_date),
                 existing,
             )
         [line] = self._search_read(
@@ -1048,6 +1107,9 @@ class TrytonConnector(ERPConnector):
             limit=1,
         )
         if not found:
+            closed = self._closed_period(company_id, on, None)
+            if closed is not None:
+                raise closed
             raise BusinessRuleError(
                 "no_open_period",
                 f"Tryton has no open accounting period for {on.isoformat()}. Ask the ERP administrator to open "
@@ -1056,6 +1118,154 @@ class TrytonConnector(ERPConnector):
                 params={"date": on.isoformat()},
             )
         return int(found[0]["id"])
+
+    # -- closed periods -------------------------------------------------------------------
+
+    def first_open_date(self, on_or_after: datetime.date, company: str = "") -> datetime.date | None:
+        """The day itself when its standard period is open, else the first day of the next open
+        one (a closed fiscal year has only closed periods)."""
+        company_id = int(company) if company else int(self.rpc.context["company"])
+        found = self._search_read(
+            "account.period",
+            [
+                ["company", "=", company_id],
+                ["type", "=", "standard"],
+                ["state", "=", "open"],
+                ["end_date", ">=", on_or_after],
+            ],
+            ["start_date"],
+            limit=1,
+            order=[["start_date", "ASC"]],
+        )
+        return max(on_or_after, found[0]["start_date"]) if found else None
+
+    def _period_of(self, company_id: int, on: datetime.date) -> dict[str, Any] | None:
+        found = self._search_read(
+            "account.period",
+            [["company", "=", company_id], ["type", "=", "standard"], ["start_date", "<=", on], ["end_date", ">=", on]],
+            ["id", "name", "state", "fiscalyear"],
+            limit=1,
+        )
+        return found[0] if found else None
+
+    def _closed_period(
+        self,
+        company_id: int,
+        on: datetime.date,
+        refused: BusinessRuleError | None,
+        period: dict[str, Any] | None = None,
+    ) -> BusinessRuleError | None:
+        """The refusal to give when ``on`` falls in a period Tryton has closed (or locked); None
+        when its period is open or does not exist (a missing period or fiscal year is set up by
+        the ERP administrator, not re-dated)."""
+        period = period or self._period_of(company_id, on)
+        if period is None or period["state"] == "open":
+            return None
+        said = refused.params.get("erp_message") if refused is not None else ""
+        return BusinessRuleError(
+            CLOSED_PERIOD,
+            f"Tryton's accounting period {period['name']} is {period['state']}, so nothing can be posted on "
+            f"{on.isoformat()}. Ask the accountant to reopen it (or set the connection's closed-period policy to "
+            "re-date), then retry.",
+            f"account.period {period['id']} ({period['name']}) is {period['state']} on {on.isoformat()}",
+            body_excerpt=refused.body_excerpt if refused is not None else "",
+            params={
+                "date": on.isoformat(),
+                "period": str(period["name"]),
+                "erp_message": said or f"The period {period['name']} is {period['state']}.",
+            },
+        )
+
+    def _date_refusal(
+        self, refused: BusinessRuleError, on: datetime.date, invoice_id: int, sequence: str | None = None
+    ) -> BusinessRuleError:
+        """Tryton refused a document dated ``on`` (on invoice ``invoice_id``). Its ``UserError``
+        names no reason a program can read, so ask Tryton whether the date is the reason: a closed
+        period, or (``sequence``: ``invoice`` or ``credit_note``) a later customer document already
+        numbered in the sequence, which Tryton keeps in date order. Anything else, or a question
+        Tryton does not answer (a user without access to periods): the refusal as Tryton said it."""
+        try:
+            [invoice] = self._read("account.invoice", [invoice_id], ["company"])
+            company_id = int(invoice["company"])
+            period = self._period_of(company_id, on)
+            if period is None:
+                return refused  # no period at all: Tryton checks it before the numbering order
+            closed = self._closed_period(company_id, on, refused, period)
+            if closed is not None:
+                return closed
+            later = self._numbered_after(int(period["fiscalyear"]), on, sequence) if sequence else None
+        except ConnectorError as unanswered:
+            log.warning("could not ask Tryton why it refused a date: %s", unanswered)
+            return refused
+        if later is None:
+            return refused
+        return BusinessRuleError(
+            INVOICE_DATE_ORDER,
+            f"Tryton numbers customer {str(sequence).replace('_', ' ')}s in date order and {later['number']} is "
+            f"already dated {later['invoice_date'].isoformat()}, so a document dated {on.isoformat()} cannot be "
+            "numbered. Re-date it in billing (or set the connection's closed-period policy to re-date), then retry.",
+            f"account.invoice {later['id']} ({later['number']}) dated {later['invoice_date']} > {on}",
+            body_excerpt=refused.body_excerpt,
+            params={
+                "date": on.isoformat(),
+                ACCEPTED_FROM: later["invoice_date"].isoformat(),
+                "erp_number": str(later["number"]),
+                "erp_message": str(refused.params.get("erp_message", "")),
+            },
+        )
+
+    def _numbered_after(self, fiscal_year_id: int, on: datetime.date, sequence: str) -> dict[str, Any] | None:
+        """The latest customer document after ``on`` in the sequences the fiscal year numbers
+        ``sequence`` documents with (Tryton's own check before numbering one)."""
+        field = f"out_{sequence}_sequence"
+        rows = self._search_read("account.fiscalyear.invoice_sequence", [["fiscalyear", "=", fiscal_year_id]], [field])
+        sequences = sorted({int(row[field]) for row in rows if row.get(field)})
+        if not sequences:
+            return None
+        later = self._search_read(
+            "account.invoice",
+            [["type", "=", "out"], ["sequence", "in", sequences], ["invoice_date", ">", on]],
+            ["id", "number", "invoice_date"],
+            limit=1,
+            order=[["invoice_date", "DESC"]],
+        )
+        return later[0] if later else None
+
+    @contextlib.contextmanager
+    def _dated(self, on: datetime.date, invoice_id: int, sequence: str | None = None) -> Iterator[None]:
+        """Refusals inside say so when ``on`` is why (see ``_date_refusal``)."""
+        try:
+            yield
+        except _ErpUserError as refused:
+            refined = self._date_refusal(refused, on, invoice_id, sequence)
+            if refined is refused:
+                raise
+            raise refined from refused
+
+    def _redate_draft(self, invoice: dict[str, Any], doc: InvoiceDocument | CreditMemoDocument) -> None:
+        """A draft left by an attempt Tryton refused to post on billing's date carries that date:
+        give it the document's (a re-dated retry) before posting it."""
+        description = _invoice_description(doc)
+        if invoice.get("invoice_date") == doc.invoice_date and invoice.get("description") == description:
+            return
+        if invoice["state"] == "validated":
+            self.rpc.call("model.account.invoice.draft", [[invoice["id"]]], writes=True)
+        self.rpc.call(
+            "model.account.invoice.write",
+            [[invoice["id"]], {"invoice_date": doc.invoice_date, "description": description}],
+            writes=True,
+        )
+
+    def _note_redated(self, line: dict[str, Any], on: datetime.date, original: datetime.date | None) -> None:
+        if original is not None:
+            self._ensure_note("account.move", int(line["move"]), _redated_memo(original, on))
+
+    def _ensure_note(self, model: str, record_id: int, message: str) -> None:
+        """A note on the record, as people read them in Tryton's client: once, however often asked."""
+        resource = f"{model},{record_id}"
+        if self._search_read("ir.note", [["resource", "=", resource], ["message", "=", message]], ["id"], limit=1):
+            return
+        self.rpc.call("model.ir.note.create", [[{"resource": resource, "message": message}]], writes=True)
 
     # -- reconciliation -------------------------------------------------------------------
 
