@@ -267,7 +267,16 @@ CATALOGUE: dict[str, Entry] = {
         B,
         "Closed period",
         "{erp} refused {document} for {customer} because its accounting period is closed or missing: "
-        "{erp_message} Ask the accountant to open the period, then retry.",
+        "{erp_message} Ask the accountant to open the period, then retry; or, where the ERP can name its first "
+        "open day, set the connection's closed-period policy to re-date.",
+    ),
+    "invoice_date_out_of_sequence": Entry(
+        B,
+        "Invoice date out of sequence",
+        "{erp} numbers customer invoices in date order and already holds {erp_number}, dated {accepted_from}, so "
+        "{document} for {customer}, dated {date}, cannot be numbered. Re-date it in billing, or set the "
+        "connection's closed-period policy to re-date (it then posts on {accepted_from}, billing's date in its "
+        "memo), then retry.",
     ),
     "erp_rejected": Entry(
         B, "Refused by the ERP", "{erp} refused {document} for {customer}: {erp_message} Correct it, then retry."

@@ -38,6 +38,7 @@ ROUTING_KEYS = {"name", "legal_entity", "region", "product_line", "transaction_t
 TRANSACTION_TYPES = {kind for kind, _ in RoutingRule.TRANSACTION_TYPES}
 SOURCE_KINDS = {kind for kind, _ in BillingSource.KIND_CHOICES}
 MAPPING_KINDS = {kind for kind, _ in Mapping.KIND_CHOICES}
+CLOSED_PERIOD_POLICIES = {policy for policy, _ in ERPConnection.CLOSED_PERIOD_POLICIES}
 
 
 class ConfigError(ValueError):
@@ -115,6 +116,9 @@ def validate(doc: object) -> list[str]:
         connections.add(_require(conn, "name", path, problems))
         if _require(conn, "kind", path, problems) not in (None, *CONNECTOR_CLASSES):
             problems.append(f"{path}.kind: must be one of {sorted(CONNECTOR_CLASSES)}")
+        policy = conn.get("closed_period_policy", ERPConnection.CLOSED_PERIOD_PARK)
+        if policy not in CLOSED_PERIOD_POLICIES:
+            problems.append(f"{path}.closed_period_policy: must be one of {sorted(CLOSED_PERIOD_POLICIES)}")
         settings = _require(conn, "settings", path, problems, dict) or {}
         for key in SECRET_SETTINGS:
             if key in settings and not secrets.is_reference(settings[key]):
@@ -251,7 +255,12 @@ def apply(doc: dict[str, Any]) -> Report:
             connections[conn["name"]] = _upsert(
                 ERPConnection,
                 {"name": conn["name"]},
-                {"kind": conn["kind"], "settings": conn["settings"], "active": bool(conn.get("active", True))},
+                {
+                    "kind": conn["kind"],
+                    "settings": conn["settings"],
+                    "active": bool(conn.get("active", True)),
+                    "closed_period_policy": conn.get("closed_period_policy", ERPConnection.CLOSED_PERIOD_PARK),
+                },
                 f"ERP connection {conn['name']}",
                 report,
             )

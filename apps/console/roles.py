@@ -16,6 +16,7 @@ VIEWABLE = [
     "console.connectionsla",
     "posting.posting",
     "posting.postingattempt",
+    "posting.redatedposting",
     "ledger.legalentity",
     "ledger.customer",
     "ledger.product",

@@ -7,7 +7,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from apps.posting import services
-from apps.posting.models import EXCEPTION_STATES, Posting, PostingAttempt
+from apps.posting.models import EXCEPTION_STATES, Posting, PostingAttempt, PostingState, RedatedPosting
 
 
 class PostingAttemptInline(admin.TabularInline):
@@ -15,6 +15,18 @@ class PostingAttemptInline(admin.TabularInline):
     extra = 0
     can_delete = False
     fields = ("number", "started_at", "finished_at", "outcome", "erp_id", "error_code", "worker", "detail")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+class RedatedPostingInline(admin.TabularInline):
+    model = RedatedPosting
+    extra = 0
+    can_delete = False
+    verbose_name = verbose_name_plural = "re-dated by the closed-period policy"
+    fields = ("original_date", "posted_date", "reason", "erp_message", "created_at")
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
@@ -78,7 +90,7 @@ class PostingAdminBase(admin.ModelAdmin):
     list_filter = ("state", "error_category", "operation", "connection", "source")
     search_fields = ("source_id", "correlation_id", "erp_id", "erp_number", "idempotency_key", "error_code")
     actions = [retry_selected]
-    inlines = [PostingAttemptInline]
+    inlines = [RedatedPostingInline, PostingAttemptInline]
     readonly_fields = (
         "idempotency_key",
         "connection",
@@ -176,3 +188,64 @@ class PostingAdmin(PostingAdminBase):
 
 def exception_states() -> tuple[str, ...]:
     return tuple(str(state) for state in EXCEPTION_STATES)
+
+
+class RedatedFilter(admin.SimpleListFilter):
+    title = "reached the ERP"
+    parameter_name = "posted"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("yes", "Posted re-dated"), ("no", "Not posted yet")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[RedatedPosting]) -> QuerySet[RedatedPosting]:
+        if self.value() == "yes":
+            return queryset.filter(posting__state=PostingState.POSTED)
+        if self.value() == "no":
+            return queryset.exclude(posting__state=PostingState.POSTED)
+        return queryset
+
+
+@admin.register(RedatedPosting)
+class RedatedPostingAdmin(admin.ModelAdmin):
+    """Every document the hub posted on another date than billing's, for the month-end close."""
+
+    list_display = (
+        "posting_link",
+        "connection",
+        "original_date",
+        "posted_date",
+        "reason",
+        "state",
+        "erp_number",
+    )
+    list_filter = (RedatedFilter, "reason", "posting__connection", "posting__operation")
+    list_select_related = ("posting__connection",)
+    search_fields = ("posting__source_id", "posting__erp_number", "posting__erp_id")
+    date_hierarchy = "posted_date"
+    readonly_fields = ("posting", "original_date", "posted_date", "reason", "erp_message", "created_at", "updated_at")
+
+    @admin.display(description="posting")
+    def posting_link(self, obj: RedatedPosting) -> str:
+        url = reverse("admin:posting_posting_change", args=[obj.posting_id])
+        return format_html('<a href="{}">{}</a>', url, obj.posting)
+
+    @admin.display(description="connection")
+    def connection(self, obj: RedatedPosting) -> str:
+        return obj.posting.connection.name
+
+    @admin.display(description="posting state")
+    def state(self, obj: RedatedPosting) -> str:
+        return obj.posting.get_state_display()
+
+    @admin.display(description="ERP number")
+    def erp_number(self, obj: RedatedPosting) -> str:
+        return obj.posting.erp_number or obj.posting.erp_id
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False

@@ -41,7 +41,7 @@ from apps.core.secrets import MissingSecret
 from apps.flow import services as flow
 from apps.flow.models import ConnectionFlow
 from apps.observability import metrics
-from apps.posting import dispatch, signals
+from apps.posting import dispatch, redating, signals
 from apps.posting.documents import (
     credit_memo_document,
     customer_document,
@@ -244,7 +244,7 @@ def _call(connector: ERPConnector, posting: Posting) -> PostResult:
     record = getattr(posting, record_field)
     if record is None:
         raise ConfigurationError(f"posting {posting.pk} ({posting.operation}) has no {record_field}")
-    return getattr(connector, method)(build(posting, record))  # type: ignore[no-any-return]
+    return redating.send(connector, posting, build(posting, record), getattr(connector, method))
 
 
 def _connector_for(posting: Posting) -> ERPConnector:

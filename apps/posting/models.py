@@ -165,3 +165,31 @@ class PostingAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.number} {self.outcome}"
+
+
+class RedateReason(models.TextChoices):
+    CLOSED_PERIOD = "closed_period", "Period closed in the ERP"
+    INVOICE_DATE_ORDER = "invoice_date_out_of_sequence", "A later invoice is already numbered in the ERP"
+
+
+class RedatedPosting(models.Model):
+    """A document the ERP would not take on billing's date, posted on the first day it accepts by
+    the connection's closed-period policy (``redate``). Written when the hub decides, before it
+    sends the re-dated document, so a document whose answer was lost is still known as re-dated;
+    the posting's state says whether it reached the ERP. One per posting: a later attempt sends
+    the same date again, and moves it only when the ERP refuses that date too."""
+
+    posting = models.OneToOneField(Posting, on_delete=models.PROTECT, related_name="redated")
+    original_date = models.DateField(help_text="The document's date in billing.")
+    posted_date = models.DateField(db_index=True, help_text="The date the hub gave the document in the ERP.")
+    reason = models.CharField(max_length=32, choices=RedateReason.choices)
+    erp_message = models.TextField(blank=True, help_text="What the ERP said when it refused billing's date.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-posted_date", "-id"]
+        verbose_name = "re-dated posting"
+
+    def __str__(self) -> str:
+        return f"{self.posting}: {self.original_date} → {self.posted_date}"

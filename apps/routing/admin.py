@@ -1,5 +1,8 @@
+from django import forms
 from django.contrib import admin
+from django.http import HttpRequest
 
+from apps.core import audit
 from apps.routing.models import ERPConnection, Mapping, RoutingRule, RoutingVersion
 
 
@@ -10,8 +13,22 @@ class MappingInline(admin.TabularInline):
 
 @admin.register(ERPConnection)
 class ERPConnectionAdmin(admin.ModelAdmin):
-    list_display = ("name", "kind", "active")
+    list_display = ("name", "kind", "active", "closed_period_policy")
+    list_filter = ("kind", "closed_period_policy")
     inlines = [MappingInline]
+
+    def save_model(self, request: HttpRequest, obj: ERPConnection, form: forms.ModelForm, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if change and "closed_period_policy" in form.changed_data:
+            # A finance decision about what the ERP's books receive: on the record, with who made it.
+            audit.record(
+                "config.updated",
+                obj,
+                actor=request.user.get_username(),
+                reason="closed-period policy changed in the admin",
+                before={"closed_period_policy": form.initial.get("closed_period_policy")},
+                after={"closed_period_policy": obj.closed_period_policy},
+            )
 
 
 @admin.register(RoutingRule)

@@ -33,10 +33,27 @@ class ERPConnection(models.Model):
         (KIND_RECURLY, "Recurly (writeback to billing)"),
     ]
 
+    # What the hub does with a document the ERP refuses because its date falls in a closed period
+    # (or, in Tryton, before the last customer invoice already numbered in its sequence).
+    CLOSED_PERIOD_PARK = "park"
+    CLOSED_PERIOD_REDATE = "redate"
+    CLOSED_PERIOD_POLICIES = [
+        (CLOSED_PERIOD_PARK, "Park for finance"),
+        (CLOSED_PERIOD_REDATE, "Re-date into the first open period (billing's date kept in the memo)"),
+    ]
+
     name = models.SlugField(max_length=64, unique=True)
     kind = models.CharField(max_length=32, choices=KIND_CHOICES)
     settings = models.JSONField(default=dict, help_text="Connector settings; secrets as env:VAR references.")
     active = models.BooleanField(default=True)
+    closed_period_policy = models.CharField(
+        max_length=16,
+        choices=CLOSED_PERIOD_POLICIES,
+        default=CLOSED_PERIOD_PARK,
+        help_text="A document dated in a period the ERP has closed: park it as a case for finance, or post it "
+        "dated the first day the ERP accepts, with billing's date in its memo (connectors that can name that "
+        "day: Tryton; the others park).",
+    )
 
     class Meta:
         ordering = ["name"]
