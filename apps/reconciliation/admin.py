@@ -1,11 +1,12 @@
 """The reconciliation console: runs (started from here, the schedule or ``manage.py reconcile``), a
 page per run with the three sides' totals side by side, the differences by class with their
-documents, CSV and XLSX exports, and the trend of the scope's differences run after run."""
+documents, CSV and XLSX exports, and the trend of the scope's differences run after run; and the
+month-end close report of a legal entity (``close/``), as a page and as XLSX."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from django import forms
@@ -21,7 +22,8 @@ from django.utils.http import urlencode
 
 from apps.core.money import to_decimal
 from apps.ledger.models import LegalEntity
-from apps.reconciliation import export, services
+from apps.posting.models import PostingState
+from apps.reconciliation import close, export, services
 from apps.reconciliation.models import (
     Difference,
     DifferenceKind,
@@ -55,6 +57,25 @@ class StartRunForm(forms.Form):
         if data.get("period_start") and data.get("period_end") and data["period_end"] < data["period_start"]:
             raise forms.ValidationError("The period ends before it starts.")
         return data
+
+
+def _last_month() -> str:
+    return f"{services.month_of(date.today())[0] - timedelta(days=1):%Y-%m}"
+
+
+class CloseReportForm(forms.Form):
+    legal_entity = forms.ModelChoiceField(queryset=LegalEntity.objects.order_by("code"), to_field_name="code")
+    month = forms.CharField(
+        max_length=7, widget=forms.TextInput(attrs={"type": "month"}), help_text="YYYY-MM, e.g. 2026-10."
+    )
+
+    def clean_month(self) -> str:
+        month = self.cleaned_data["month"].strip()
+        try:
+            close.month_bounds(month)
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from exc
+        return month
 
 
 @admin.register(ReconciliationRun)
@@ -100,6 +121,8 @@ class ReconciliationRunAdmin(admin.ModelAdmin):
             path("<int:run_id>/export.csv", view(self.csv_view), name="reconciliation_export_csv"),
             path("<int:run_id>/export.xlsx", view(self.xlsx_view), name="reconciliation_export_xlsx"),
             path("<int:run_id>/again/", view(self.again_view), name="reconciliation_again"),
+            path("close/", view(self.close_view), name="reconciliation_close"),
+            path("close/export.xlsx", view(self.close_xlsx_view), name="reconciliation_close_xlsx"),
             *super().get_urls(),
         ]
 
@@ -131,6 +154,9 @@ class ReconciliationRunAdmin(admin.ModelAdmin):
                 "kinds": DifferenceKind.choices,
                 "trend": trend,
                 "can_start": self.can_start(request),
+                "close_url": reverse("admin:reconciliation_close")
+                + "?"
+                + urlencode({"legal_entity": run.legal_entity.code, "month": f"{run.period_start:%Y-%m}"}),
                 "opts": self.model._meta,
                 "has_view_permission": True,
             },
@@ -148,6 +174,50 @@ class ReconciliationRunAdmin(admin.ModelAdmin):
             export.as_xlsx(run), content_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
         )
         response["Content-Disposition"] = f'attachment; filename="reconciliation-{run.pk}.xlsx"'
+        return response
+
+    def _close_form(self, request: HttpRequest) -> CloseReportForm:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        if "legal_entity" in request.GET or "month" in request.GET:
+            return CloseReportForm(request.GET)
+        entities = LegalEntity.objects.order_by("code")
+        return CloseReportForm(
+            initial={"legal_entity": entities[0].code if entities.count() == 1 else None, "month": _last_month()}
+        )
+
+    def close_view(self, request: HttpRequest) -> HttpResponse:
+        """The month-end close report of one legal entity (every role may read it)."""
+        form = self._close_form(request)
+        report = None
+        if form.is_bound and form.is_valid():
+            report = close.build(form.cleaned_data["legal_entity"], form.cleaned_data["month"])
+        return TemplateResponse(
+            request,
+            "admin/reconciliation/close.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "Month-end close report",
+                "form": form,
+                "report": report,
+                "page": _close_page(report) if report else None,
+                "query": urlencode(request.GET),
+                "reading_note": close.READING_NOTE,
+                "opts": self.model._meta,
+            },
+        )
+
+    def close_xlsx_view(self, request: HttpRequest) -> HttpResponse:
+        form = self._close_form(request)
+        if not (form.is_bound and form.is_valid()):
+            return HttpResponseRedirect(reverse("admin:reconciliation_close"))
+        report = close.build(form.cleaned_data["legal_entity"], form.cleaned_data["month"])
+        response = HttpResponse(
+            export.close_as_xlsx(report),
+            content_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        )
+        filename = f"close-{report.legal_entity.code}-{report.month}.xlsx"
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
         return response
 
     def start_view(self, request: HttpRequest) -> HttpResponse:
@@ -198,6 +268,59 @@ def _money(minor: int | None, currency: str) -> str:
     if minor is None or not currency:
         return "—"
     return f"{to_decimal(minor, currency):,}"
+
+
+def _close_page(report: close.CloseReport) -> dict[str, Any]:
+    """The report's figures as the page shows them: amounts formatted in their currency, links."""
+    start, end = report.month_start, report.month_end
+    return {
+        "posted": [{"t": t, "amount": _money(t.amount_minor, t.currency)} for t in report.posted],
+        "accounts": [{"a": a, "amount": _money(a.amount_minor, a.currency)} for a in report.accounts],
+        "pending": [{"t": t, "amount": _money(t.amount_minor, t.currency)} for t in report.pending],
+        "redated": [
+            {
+                "r": r,
+                "amount": _money(r.amount_minor, r.currency),
+                "direction": r.direction(start, end),
+                "state": PostingState(r.state).label,
+                "url": reverse("admin:posting_posting_change", args=[r.posting_id]),
+            }
+            for r in report.redated
+        ],
+        "aging": [
+            {"row": row, "cells": [row.buckets[b.key] for b in close.CLOSE_AGE_BUCKETS]} for row in report.case_aging
+        ],
+        "aging_totals": [report.case_bucket_totals[b.key] for b in close.CLOSE_AGE_BUCKETS],
+        "cases": [
+            {
+                "case": case,
+                "age": close.close_age_bucket(report.generated_at - case.opened_at).label,
+                "url": reverse("admin:console_exceptioncase_change", args=[case.pk]),
+            }
+            for case in report.cases
+        ],
+        "differences": [{"d": d, "amount": _money(d.amount_minor, d.currency)} for d in report.differences],
+        "difference_rows": [
+            {
+                "d": d,
+                "amount": _money(close.at_stake(d), d.currency),
+                "url": reverse("admin:reconciliation_reconciliationrun_change", args=[d.run_id])
+                + f"?kind={d.kind}#difference-{d.pk}",
+            }
+            for d in report.difference_rows
+        ],
+        "coverage": [
+            {
+                "c": c,
+                "url": reverse("admin:reconciliation_reconciliationrun_change", args=[c.run.pk]) if c.run else "",
+            }
+            for c in report.coverage
+        ],
+        "backlog": [
+            {"s": s, "url": reverse("admin:reconciliation_reconciliationrun_change", args=[s.run.pk])}
+            for s in report.backlog
+        ],
+    }
 
 
 def _totals_table(run: ReconciliationRun) -> list[dict[str, Any]]:
