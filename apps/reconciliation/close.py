@@ -25,10 +25,11 @@ code, so the lines add up to the document's total; a payment, unapplied cash and
 payment journal; a write-off to the write-off method; a dispute's withdrawal and reinstatement to
 the disputed-funds account, a lost dispute to the dispute-loss account; credit applied to an invoice
 moves inside the customer's receivable and has no mapped account. Where the connector books revenue
-on the item's income account (no revenue account mapping), the line is shown under its item. A
-mapping that changed after some of a row's documents were posted (an audited change: ``hub_config``
-or a console correction) is flagged on the row with the day it changed, because the row then shows
-today's mapping, not necessarily the account those documents went to.
+on the item's income account (no revenue account mapping), the line is shown under its item. When a
+mapping of the row's kind on its connection changed after some of the row's documents were posted
+(an audited change: ``hub_config`` or a console correction; edits in the connection's admin inline
+are not audited and cannot be seen), the row is flagged with the moment of the latest change: it
+shows today's mapping, not necessarily the account those documents went to.
 
 **Open cases** are the entity's exception cases open when the report is made, aged from when they
 were opened. **Differences left** are the open differences (those of the latest completed run of

@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection as db_connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 from openpyxl import load_workbook
@@ -50,7 +52,10 @@ from apps.reconciliation.models import (
     Trigger,
 )
 from apps.routing.models import ERPConnection, Mapping
+from apps.sources import stripe_samples as se
 from tests.console.conftest import as_user, user_in
+from tests.erp_simulator import ErpSimulator
+from tests.reconciliation.conftest import Books, invoice
 
 SOURCE = "stripe-close"
 OCTOBER = "2026-10"
@@ -802,3 +807,89 @@ def test_a_month_that_is_not_one_is_refused_with_a_reason(month: Month) -> None:
     assert "report-title" not in page.content.decode()
     with pytest.raises(ValueError):
         close.month_bounds("October")
+
+
+def test_through_the_pipeline_the_report_equals_what_the_erp_booked(sim_books: Books, erp_sim: ErpSimulator) -> None:
+    """Billing's webhooks posted by the executor into the Tryton contract simulator: this month's
+    report counts exactly the invoices and payments the ERP's books hold, with the same revenue per
+    account."""
+    plan = se.line(10000, tax=2000)
+    usage = se.line(5000, tax=1000, description="API calls", product="prod_usage_api_calls", price="price_api")
+    first = se.invoice(se.uid("cus"), [plan, usage])
+    second = invoice(30000)
+    sim_books.webhook("invoice.finalized", first)
+    sim_books.webhook("invoice.finalized", second)
+    sim_books.webhook("invoice.paid", se.paid(first))
+    sim_books.drain()
+    assert not Posting.objects.filter(source=sim_books.name).exclude(state=PostingState.POSTED).exists()
+
+    report = close.build(sim_books.legal_entity, f"{date.today():%Y-%m}")
+    books = erp_sim.snapshot()
+    references = {sim_books.ref(first["id"]), sim_books.ref(second["id"])}
+    held = [i for i in books["invoices"].values() if i["reference"] in references and not i["deleted"]]
+    assert len(held) == 2
+    posted = _posted(report, "tryton-local", "USD")
+    assert posted[CloseType.INVOICE] == (2, int(sum(i["total"] for i in held) * 100), 0) == (2, 48000, 0)
+    paid = [p for p in books["payments"].values() if p["reference"] in references]
+    assert posted[CloseType.PAYMENT] == (1, int(sum(p["amount"] for p in paid) * 100), 0) == (1, 18000, 0)
+
+    # Revenue per account as the ERP booked each invoice line, and the tax on top.
+    booked: dict[str, int] = defaultdict(int)
+    lines = erp_sim._db["account.invoice.line"]  # the simulator's books, read as an accountant would
+    accounts = erp_sim._db["account.account"]
+    for held_invoice in held:
+        for line in (line for line in lines.values() if line["invoice"] == held_invoice["id"]):
+            booked[accounts[line["account"]]["code"]] += int(Decimal(line["amount"]) * 100)
+    found = _accounts(report, "tryton-local")
+    assert (
+        {account: amount for (kind, account, type_), (_, amount) in found.items() if kind == "revenue_account"}
+        == dict(booked)
+        == {"4000": 40000, "4100": 5000}
+    )
+    assert found[("tax_code", "VAT20", CloseType.INVOICE)] == (1, 3000)
+    assert found[("payment_journal", "Card", CloseType.PAYMENT)] == (1, 18000)
+
+
+def test_a_bigger_month_costs_no_more_queries(month: Month) -> None:
+    """The month is read set-based: ten times the invoices and payments, the same number of queries."""
+    with CaptureQueriesContext(db_connection) as seeded:
+        close.build(month.us, OCTOBER)
+    customer = Customer.objects.get(source_id="cus_US01")
+    post_customer = Posting.objects.get(operation=Operation.ENSURE_CUSTOMER, customer=customer, connection=month.tryton)
+    for n in range(40):
+        extra = Invoice.objects.create(
+            source=SOURCE,
+            source_id=f"in_more_{n}",
+            customer=customer,
+            legal_entity=month.us,
+            currency="USD",
+            subtotal_minor=100,
+            total_minor=100,
+            invoice_date=date(2026, 10, 14),
+        )
+        InvoiceLine.objects.create(
+            invoice=extra,
+            position=1,
+            description="Pro plan",
+            quantity=Decimal(1),
+            unit_amount_minor=100,
+            amount_minor=100,
+            price_id=f"price_{n % 3}",
+        )
+        key = idempotency_key("tryton-local", Operation.POST_INVOICE, SOURCE, extra.source_id, 1)
+        Posting.objects.create(
+            idempotency_key=key,
+            connection=month.tryton,
+            operation=Operation.POST_INVOICE,
+            source=SOURCE,
+            source_id=extra.source_id,
+            invoice=extra,
+            state=PostingState.POSTED,
+            posted_at=IN_OCTOBER,
+            depends_on_key=post_customer.idempotency_key,
+        )
+    with CaptureQueriesContext(db_connection) as bigger:
+        report = close.build(month.us, OCTOBER)
+    assert _posted(report, "tryton-local", "USD")[CloseType.INVOICE] == (47, 81300 + 4000, 1)
+    # Three more price ids resolve three more key chains (once each, for the revenue account).
+    assert len(bigger.captured_queries) == len(seeded.captured_queries) + 3
