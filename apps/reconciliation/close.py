@@ -554,6 +554,7 @@ class _DocumentsOfMonth:
         self._accounts: dict[tuple[str, str, str, str, str], AccountTotal] = {}
         self._pending: dict[tuple[str, str, str, str], PendingTotal] = {}
         self._connections: dict[str, ERPConnection] = {}
+        self._write_off_keys: dict[int, str] = {}
         self.redated: list[Redated] = []
 
     def _postings(self) -> Iterable[Posting]:
@@ -563,8 +564,7 @@ class _DocumentsOfMonth:
             .filter(of_entity(self.legal_entity))
             .filter(_may_be_dated_in(self.start, self.end))
             .select_related(
-                "connection",
-                "invoice__customer__legal_entity",
+                "invoice",
                 "credit_memo__invoice",
                 "payment_application__payment",
                 "payment_application__invoice",
@@ -577,8 +577,11 @@ class _DocumentsOfMonth:
         )
 
     def load(self) -> None:
+        # One instance per connection rather than one per posting row: the month can hold many.
+        connections = {c.pk: c for c in ERPConnection.objects.all()}
         in_month: list[Posting] = []
         for posting in self._postings():
+            posting.connection = connections[posting.connection_id]
             redated = getattr(posting, "redated", None)
             on = erp_date(posting, self.now)
             dated_here = self.start <= on <= self.end
@@ -588,6 +591,7 @@ class _DocumentsOfMonth:
                 in_month.append(posting)
         lines = self._lines(in_month)
         versions = self._voided_versions(in_month)
+        self._write_off_keys.update(self._customer_entities(in_month))
         for posting in in_month:
             self._connections[posting.connection.name] = posting.connection
             amount, split = self._amount_and_split(posting, lines, versions)
@@ -648,6 +652,13 @@ class _DocumentsOfMonth:
             found.memo[memo_line.credit_memo_id].append(memo_line)
         return found
 
+    @staticmethod
+    def _customer_entities(postings: list[Posting]) -> dict[int, str]:
+        """Per written-off invoice, its customer's legal entity code: what keys the write-off method."""
+        ids = [p.invoice_id for p in postings if p.operation == Operation.WRITE_OFF]
+        rows = Invoice.objects.filter(pk__in=ids).values_list("pk", "customer__legal_entity__code")
+        return {pk: code or "" for pk, code in rows}
+
     def _voided_versions(self, postings: list[Posting]) -> dict[str, int]:
         """The revision each invoice void cancels (its parent posting's)."""
         keys = {p.depends_on_key for p in postings if p.operation == Operation.VOID_INVOICE}
@@ -694,8 +705,7 @@ class _DocumentsOfMonth:
             invoice = posting.invoice
             assert invoice is not None
             unpaid = invoice.total_minor - invoice.amount_paid_minor
-            entity = invoice.customer.legal_entity  # the customer's legal entity keys the write-off method
-            keys = [entity.code if entity else ""]
+            keys = [self._write_off_keys.get(invoice.pk, "")]
             method = self.accounts.resolve(connection, Mapping.KIND_WRITE_OFF_METHOD, keys)
             return unpaid, [(Mapping.KIND_WRITE_OFF_METHOD, method, unpaid)]
         dispute = posting.dispute
@@ -727,6 +737,7 @@ class _DocumentsOfMonth:
         return split
 
     def _redated_row(self, posting: Posting, redated: RedatedPosting) -> Redated:
+        self._write_off_keys.update(self._customer_entities([posting]))
         lines = self._lines([posting])
         amount, _ = self._amount_and_split(posting, lines, self._voided_versions([posting]))
         return Redated(
