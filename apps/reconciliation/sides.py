@@ -26,7 +26,7 @@ from apps.core import secrets
 from apps.core.errors import ConnectorError
 from apps.core.money import CurrencyError, exponent_for, to_minor
 from apps.ledger.models import CreditMemo, Invoice, LegalEntity, PaymentApplication
-from apps.posting.models import Operation, Posting, PostingState
+from apps.posting.models import Operation, Posting, PostingState, RedatedPosting
 from apps.posting.planner import invoice_facts, version_source_id
 from apps.reconciliation.compare import ErpKey, ErpRecord, Key, Record
 from apps.reconciliation.models import DocumentType
@@ -646,9 +646,26 @@ def erp_company(connection: ERPConnection, legal_entity: LegalEntity) -> str:
         return ""
 
 
+def _redated_until(scope: Scope, end: date) -> date:
+    """Documents of the period the closed-period policy re-dated later than the margin: the ERP is
+    read up to the latest of them, so a re-dated document is found, not reported missing."""
+    latest = (
+        RedatedPosting.objects.filter(
+            posting__connection=scope.connection,
+            original_date__gte=scope.period_start,
+            original_date__lte=scope.period_end,
+        )
+        .order_by("-posted_date")
+        .values_list("posted_date", flat=True)
+        .first()
+    )
+    return max(end, latest) if latest else end
+
+
 def load_erp(scope: Scope) -> ErpSide:
     connection = scope.connection
     start, end = scope.window
+    end = _redated_until(scope, end)
     try:
         connector = get_connector(connection.kind, connection.resolved_settings())
         listed = connector.ledger_documents(start, end, erp_company(connection, scope.legal_entity))
