@@ -1,9 +1,69 @@
+from typing import Any
+
 from django import forms
 from django.contrib import admin
+from django.db import models
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from apps.core import audit
 from apps.routing.models import ERPConnection, Mapping, RoutingRule, RoutingVersion
+
+
+def _shown(name: str, value: Any) -> str:
+    return "(changed)" if name == "settings" else str(value)
+
+
+def _record(request: HttpRequest, obj: models.Model, before: models.Model | None, names: list[str]) -> None:
+    """Configuration changed in the admin, on the record with who made it (the config file's own
+    changes are audited by ``hub_config``). Only fields whose value changed are named; connection
+    settings are named, never copied (they hold secrets' references and URLs)."""
+    actor = request.user.get_username()
+    if before is None:
+        audit.record("config.created", obj, actor=actor, reason="added in the admin", after={"is": str(obj)})
+        return
+    changed = [name for name in names if getattr(before, name, None) != getattr(obj, name, None)]
+    if changed:
+        audit.record(
+            "config.updated",
+            obj,
+            actor=actor,
+            reason=f"changed in the admin: {', '.join(changed)}",
+            before={name: _shown(name, getattr(before, name)) for name in changed},
+            after={name: _shown(name, getattr(obj, name)) for name in changed},
+        )
+
+
+def _stored(obj: models.Model) -> models.Model | None:
+    return type(obj).objects.filter(pk=obj.pk).first() if obj.pk else None
+
+
+class AuditedAdmin(admin.ModelAdmin):
+    def save_model(self, request: HttpRequest, obj: Any, form: forms.ModelForm, change: bool) -> None:
+        before = _stored(obj) if change else None
+        super().save_model(request, obj, form, change)
+        _record(request, obj, before, list(form.fields))
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        audit.record("config.removed", obj, actor=request.user.get_username(), before={"was": str(obj)})
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        for obj in queryset:
+            audit.record("config.removed", obj, actor=request.user.get_username(), before={"was": str(obj)})
+        super().delete_queryset(request, queryset)
+
+    def save_formset(self, request: HttpRequest, form: forms.ModelForm, formset: Any, change: bool) -> None:
+        actor = request.user.get_username()
+        earlier = {f.instance.pk: _stored(f.instance) for f in formset.forms if f.instance.pk}
+        for removed in formset.deleted_forms:
+            if removed.instance.pk:
+                audit.record("config.removed", removed.instance, actor=actor, before={"was": str(removed.instance)})
+        super().save_formset(request, form, formset, change)
+        for inline in formset.forms:
+            if inline in formset.deleted_forms or inline.instance.pk is None or not inline.has_changed():
+                continue
+            _record(request, inline.instance, earlier.get(inline.instance.pk), list(inline.fields))
 
 
 class MappingInline(admin.TabularInline):
@@ -12,27 +72,14 @@ class MappingInline(admin.TabularInline):
 
 
 @admin.register(ERPConnection)
-class ERPConnectionAdmin(admin.ModelAdmin):
+class ERPConnectionAdmin(AuditedAdmin):
     list_display = ("name", "kind", "active", "closed_period_policy")
     list_filter = ("kind", "closed_period_policy")
     inlines = [MappingInline]
 
-    def save_model(self, request: HttpRequest, obj: ERPConnection, form: forms.ModelForm, change: bool) -> None:
-        super().save_model(request, obj, form, change)
-        if change and "closed_period_policy" in form.changed_data:
-            # A finance decision about what the ERP's books receive: on the record, with who made it.
-            audit.record(
-                "config.updated",
-                obj,
-                actor=request.user.get_username(),
-                reason="closed-period policy changed in the admin",
-                before={"closed_period_policy": form.initial.get("closed_period_policy")},
-                after={"closed_period_policy": obj.closed_period_policy},
-            )
-
 
 @admin.register(RoutingRule)
-class RoutingRuleAdmin(admin.ModelAdmin):
+class RoutingRuleAdmin(AuditedAdmin):
     list_display = (
         "priority",
         "name",
@@ -71,7 +118,7 @@ class RoutingVersionAdmin(admin.ModelAdmin):
 
 
 @admin.register(Mapping)
-class MappingAdmin(admin.ModelAdmin):
+class MappingAdmin(AuditedAdmin):
     list_display = ("connection", "kind", "key", "value")
     list_filter = ("connection", "kind")
     search_fields = ("key", "value")
