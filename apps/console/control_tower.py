@@ -18,7 +18,7 @@ store. A posting counts in its current state, at the moment it reached it:
   dead postings are not backlog: they are exception cases. The backlog at the end of each bucket
   is rebuilt from each posting's creation and the moment it left the backlog.
 - exception aging: the cases open at the end of each bucket, by age.
-- reconciliation backlog: zero until reconciliation exists (issue 8).
+- reconciliation backlog: the open differences of each scope's latest completed reconciliation run.
 
 Buckets are aligned on UTC (5 minutes, the hour, midnight) and the last one holds "now".
 """
