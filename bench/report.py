@@ -134,6 +134,17 @@ def plot_memory(memory: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _noop_words(noop: dict[str, Any]) -> str:
+    if "before" not in noop:  # results of a harness that measured it once
+        return f"**{noop['tasks_per_second']} tasks/s** ({noop['seconds']} s; load {noop['load_average'][0]})."
+    before, after = noop["before"], noop["after"]
+    return (
+        f"Measured before the hub's runs ({before['tasks_per_second']} tasks/s, load {before['load_average'][0]}) "
+        f"and after them ({after['tasks_per_second']} tasks/s, load {after['load_average'][0]}): "
+        f"**{noop['tasks_per_second']} tasks/s** on average."
+    )
+
+
 def _machine(results: dict[str, Any]) -> list[str]:
     m = results["machine"]
     return [
@@ -164,7 +175,18 @@ def render(results: dict[str, Any], source: Path) -> Path:
         f"`bench/results/{source.name}` (raw figures); the findings at the end are "
         "`bench/benchmarks_notes.md`.",
         "",
-        f"Command: `{results['command']}`",
+        *(
+            [f"Command: `{results['command']}`"]
+            if "combined_from" not in results
+            else [
+                "Parts from two runs of the same session (each part measures its ceilings in its own run):",
+                "",
+                *(
+                    f"- {', '.join(parts)}: `bench/results/{name}` (`{command}`)"
+                    for name, parts, command in results["combined_from"]
+                ),
+            ]
+        ),
         "",
     ]
     verdict = ["## Verdict", "", "| acceptance line | target | measured | |", "| --- | ---: | ---: | --- |"]
@@ -186,7 +208,7 @@ def render(results: dict[str, Any], source: Path) -> Path:
             "ceiling views). wrk (a process of its own) holds "
             f"{ingest['settings']['wrk_connections']} connections open with {ingest['settings']['wrk_threads']} "
             f"threads for {ingest['settings']['seconds_per_run']} s per run; every request is a different "
-            "`invoice.finalized` event (about 1.3 kB), signed beforehand. The three targets run in turn, "
+            "`invoice.finalized` event (about 1.9 kB, two lines), signed beforehand. The three targets run in turn, "
             f"{ingest['settings']['rounds']} rounds, the inbox table emptied and Redis flushed before each run; "
             "the figure is the median round. No Celery worker runs: the normalize messages wait in Redis.",
             "",
@@ -257,8 +279,7 @@ def render(results: dict[str, Any], source: Path) -> Path:
             "",
             f"**Celery no-op ceiling**: {noop['tasks']:,} no-op tasks queued first, then the same worker "
             f"command line (same settings: JSON, `acks_late`, prefetch 1, reject on worker lost, task events "
-            f"on) on that queue: **{noop['tasks_per_second']} tasks/s** (first message taken to last "
-            f"acknowledged, {noop['seconds']} s; load {noop['load_average'][0]}).",
+            f"on) on that queue, timed from the first message taken to the last acknowledged. " + _noop_words(noop),
             "",
             f"An event is {saturated['tasks_per_event']} tasks here (one normalization, one invoice posting, "
             "a customer posting for every tenth invoice, and the runs that find a child not yet due), so "

@@ -223,6 +223,7 @@ class Hub:
             workdir / "gunicorn.log",
         )
         self.workers: list[Proc] = []
+        self.started_workers = 0
         self.beat: Proc | None = None
         wait_for(lambda: listening(self.port), timeout=60, what="gunicorn")
         wait_for(lambda: len(children(self.web.pid)) >= web_workers, timeout=60, what="the gunicorn workers")
@@ -233,7 +234,8 @@ class Hub:
     def start_workers(self, processes: int, concurrency: int, queues: str = "") -> list[Proc]:
         started = []
         for _ in range(processes):
-            log = self.workdir / f"worker-{len(self.workers)}.log"
+            self.started_workers += 1
+            log = self.workdir / f"worker-{self.started_workers}.log"
             proc = Proc(
                 [
                     PY,
@@ -249,7 +251,7 @@ class Hub:
                     "-Q",
                     queues or f"{QUEUE},{QUEUE}.posting",
                     "-n",
-                    f"bench-{len(self.workers)}-{os.getpid()}@%h",
+                    f"bench-{self.started_workers}-{os.getpid()}@%h",
                     "--without-gossip",
                     "--without-mingle",
                 ],
