@@ -13,7 +13,7 @@ The API is served by gunicorn as deployed (2 gthread workers x 4 threads, ``DEBU
 database connections) on a free port. ``--clients`` threads, each with a kept-alive
 ``requests.Session`` and a DRF token, send a mix of the three checks (customer 50%, tax code 25%,
 dimension value 25%) for ``--seconds`` after a warm-up; every answer must be 200. Latency is wall
-time per request at the client. Results go to stdout and to ``bench/results/validation-<date>.json``;
+time per request at the client. Results go to stdout and to ``bench/results/validation-<date>-clients<n>.json``;
 bench/VALIDATION.md is the report.
 """
 
@@ -264,7 +264,7 @@ def main(argv: list[str]) -> int:
         },
         **figures,
     }
-    out = RESULTS / f"validation-{datetime.now(UTC):%Y%m%d}.json"
+    out = RESULTS / f"validation-{datetime.now(UTC):%Y%m%d}-clients{args.clients}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0 if not figures["failures"] else 1
