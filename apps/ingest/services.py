@@ -141,15 +141,17 @@ def _apply(source: BillingSource, command: LedgerCommand, correlation_id: str) -
         result = ledger.upsert_customer(
             source.name, command, legal_entity=source.legal_entity, correlation_id=correlation_id
         )
+        assert isinstance(result.record, Customer)
         if result.changed and not result.created:
-            assert isinstance(result.record, Customer)
             planner.replan_customer_update(result.record)
+        _plan_waiting_credit(result.record)
     elif isinstance(command, InvoiceData):
         result = ledger.upsert_invoice(
             source.name, command, legal_entity=source.legal_entity, correlation_id=correlation_id
         )
         assert isinstance(result.record, Invoice)
         planner.plan_invoice(result.record)
+        _plan_waiting_credit(result.record.customer)
     elif isinstance(command, SubscriptionData):
         ledger.upsert_subscription(source.name, command, correlation_id=correlation_id)  # status events only
     elif isinstance(command, DisputeData):
@@ -166,6 +168,13 @@ def _apply(source: BillingSource, command: LedgerCommand, correlation_id: str) -
         result = ledger.upsert_payment(source.name, command, correlation_id=correlation_id)
         assert isinstance(result.record, Payment)
         planner.plan_payment(result.record)
+
+
+def _plan_waiting_credit(customer: Customer) -> None:
+    """A payment normalized before its customer (another event of the same customer, in another
+    worker process at the same moment) is linked now, and its unapplied cash planned."""
+    for payment in ledger.link_waiting_payments(customer):
+        planner.plan_payment(payment)
 
 
 def normalize_event(inbox_event_id: int) -> str:

@@ -174,6 +174,9 @@ class InvoiceLine(models.Model):
 
 class Payment(SourceRecord):
     customer = models.ForeignKey(Customer, null=True, blank=True, on_delete=models.PROTECT, related_name="payments")
+    # Billing's id of the customer, kept so a payment normalized before its customer (events of one
+    # customer are normalized in parallel) is linked, and its credit posted, when the customer arrives.
+    customer_source_id = models.CharField(max_length=255, blank=True, db_index=True)
     currency = models.CharField(max_length=3)
     amount_minor = models.BigIntegerField()
     method = models.CharField(max_length=32, blank=True, help_text="card, bank_transfer, ...")

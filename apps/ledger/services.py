@@ -276,6 +276,20 @@ def upsert_invoice(
         return Upserted(invoice, created=False, changed=changed)
 
 
+def link_waiting_payments(customer: Customer) -> list[Payment]:
+    """Payments normalized before their customer existed: linked to it now, so their credit can
+    be posted. Returns the payments linked."""
+    waiting = list(
+        Payment.objects.select_for_update().filter(
+            source=customer.source, customer_source_id=customer.source_id, customer__isnull=True
+        )
+    )
+    for payment in waiting:
+        payment.customer = customer
+        payment.save(update_fields=["customer", "updated_at"])
+    return waiting
+
+
 def upsert_payment(source: str, data: PaymentData, *, correlation_id: str = "") -> Upserted:
     with transaction.atomic(savepoint=False):
         for invoice_source_id in sorted({application.invoice_source_id for application in data.applications}):
@@ -286,6 +300,7 @@ def upsert_payment(source: str, data: PaymentData, *, correlation_id: str = "") 
             source_id=data.source_id,
             defaults={
                 "customer": customer,
+                "customer_source_id": data.customer_source_id,
                 "currency": normalize_currency(data.currency),
                 "amount_minor": data.amount_minor,
                 "method": data.method,

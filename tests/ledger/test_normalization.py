@@ -142,3 +142,41 @@ def test_no_route_fails_the_event_with_a_reason_and_keeps_it(client: Client) -> 
 def test_an_unsupported_event_type_is_kept_and_marked_ignored(client: Client) -> None:
     event = se.event("plan.created", {"id": "plan_1", "object": "plan"})
     assert receive(client, event) == InboxStatus.IGNORED
+
+
+def test_a_payment_normalized_before_its_customer_posts_its_credit_when_the_customer_arrives(client: Client) -> None:
+    """Two events of one customer are normalized by two worker processes at once: the payment may
+    reach the ledger before the invoice that creates the customer."""
+    import os
+
+    from apps.sources import canonical_samples as cs
+
+    secret = os.environ["HUB_CANONICAL_API_SECRET"]
+
+    def store(kind: str, data: dict[str, Any]) -> int:
+        body, key = cs.body(kind, data), f"{data['id']}-{data['revision']}"
+        response = client.post(
+            "/api/v1/sources/billing-api/events/",
+            data=body,
+            content_type="application/json",
+            HTTP_IDEMPOTENCY_KEY=key,
+            HTTP_X_HUB_SIGNATURE=cs.headers(body, secret, key)["X-Hub-Signature"],
+        )
+        assert response.status_code == 202, response.content
+        return InboxEvent.objects.get(source="billing-api", event_id=key).pk
+
+    invoice = cs.invoice(cs.uid("cus"), [cs.line(6150)])
+    customer_id = invoice["customer"]["id"]
+    overpaid = cs.payment(customer_id, [(invoice["id"], 6150)], amount=10000)
+    invoice_event, payment_event = store("invoice", invoice), store("payment", overpaid)
+
+    assert normalize_event(payment_event) == InboxStatus.PROCESSED  # before the customer exists
+    assert Payment.objects.get(source_id=overpaid["id"]).customer is None
+    assert not Posting.objects.filter(operation=Operation.RECEIVE_ON_ACCOUNT).exists()
+
+    assert normalize_event(invoice_event) == InboxStatus.PROCESSED
+    payment = Payment.objects.get(source_id=overpaid["id"])
+    assert payment.customer is not None and payment.customer.source_id == customer_id
+    credit = Posting.objects.get(operation=Operation.RECEIVE_ON_ACCOUNT, payment=payment)
+    assert credit.source_id == f"{overpaid['id']}:on-account"
+    assert Posting.objects.filter(operation=Operation.APPLY_PAYMENT, payment_application__payment=payment).count() == 1
