@@ -42,6 +42,7 @@ import requests
 
 from apps.connectors.base import ERPConnector
 from apps.connectors.documents import PostResult, WritebackDocument
+from apps.connectors.http import connection_refused, retry_after
 from apps.core.errors import (
     AuthenticationError,
     BusinessRuleError,
@@ -155,7 +156,7 @@ class ChargebeeWriteback(ERPConnector):
         except (requests.ConnectTimeout, requests.exceptions.SSLError) as exc:
             raise TransientError(f"{what}: could not connect to Chargebee: {exc}") from exc
         except requests.ConnectionError as exc:
-            if _refused(exc) or not writes:
+            if connection_refused(exc) or not writes:
                 raise TransientError(f"{what}: the connection to Chargebee failed: {exc}") from exc
             raise UncertainOutcome(f"{what}: the connection to Chargebee dropped after sending: {exc}") from exc
         except requests.Timeout as exc:  # a read timeout: the request reached Chargebee
@@ -178,12 +179,6 @@ class ChargebeeWriteback(ERPConnector):
         raise _classify(response, what, writes=writes)
 
 
-def _refused(exc: requests.ConnectionError) -> bool:
-    """Nothing was sent: the connection was never made (refused, or the name did not resolve)."""
-    text = str(exc)
-    return "NewConnectionError" in text or "Connection refused" in text or "NameResolutionError" in text
-
-
 def _classify(response: requests.Response, what: str, *, writes: bool) -> ConnectorError:
     status = response.status_code
     try:
@@ -199,7 +194,7 @@ def _classify(response: requests.Response, what: str, *, writes: bool) -> Connec
     if status in (401, 403):
         return AuthenticationError(message, status=status, body_excerpt=excerpt)
     if status == 429:
-        return TransientError(message, retry_after=_retry_after(response), status=status, body_excerpt=excerpt)
+        return TransientError(message, retry_after=retry_after(response.headers), status=status, body_excerpt=excerpt)
     if status == 404 and code == "resource_not_found":
         return BusinessRuleError(
             "billing_document_missing",
@@ -210,7 +205,7 @@ def _classify(response: requests.Response, what: str, *, writes: bool) -> Connec
             body_excerpt=excerpt,
         )
     if status == 503:
-        return TransientError(message, retry_after=_retry_after(response), status=status, body_excerpt=excerpt)
+        return TransientError(message, retry_after=retry_after(response.headers), status=status, body_excerpt=excerpt)
     if status >= 500:
         if writes:  # Chargebee may have done it before failing: look it up before sending again
             return UncertainOutcome(message, status=status, body_excerpt=excerpt)
@@ -218,11 +213,3 @@ def _classify(response: requests.Response, what: str, *, writes: bool) -> Connec
     if status == 422 and code == "unable_to_process_request":
         message += " (the idempotency key was reused with other parameters)"
     return ConfigurationError(message, status=status, body_excerpt=excerpt)
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None

@@ -148,6 +148,7 @@ from apps.connectors.documents import (
     VoidDocument,
     WriteOffDocument,
 )
+from apps.connectors.http import connection_refused, retry_after
 from apps.core.correlation import get_correlation_id
 from apps.core.errors import (
     AuthenticationError,
@@ -209,19 +210,6 @@ def odata_date(day: datetime.date) -> str:
 
 def _excerpt(text: str, limit: int = 1500) -> str:
     return text[:limit]
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After", "")
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
-
-
-def _refused(exc: requests.ConnectionError) -> bool:
-    text = repr(exc)
-    return "NewConnectionError" in text or "Connection refused" in text
 
 
 def _amount(value: Any) -> Decimal:
@@ -286,7 +274,7 @@ class EntraToken:
             raise TransientError(
                 f"Microsoft Entra ID answered {response.status_code} for a token",
                 status=response.status_code,
-                retry_after=_retry_after(response),
+                retry_after=retry_after(response.headers),
                 body_excerpt=_excerpt(body),
             )
         try:
@@ -391,7 +379,7 @@ class ODataClient:
         except (requests.ConnectTimeout, requests.exceptions.SSLError) as exc:
             raise TransientError(f"could not connect for {where}: {exc}") from exc
         except requests.ConnectionError as exc:
-            if _refused(exc) or not writes:
+            if connection_refused(exc) or not writes:
                 raise TransientError(f"connection failed for {where}: {exc}") from exc
             raise UncertainOutcome(f"connection dropped after sending {where}: {exc}") from exc
         except requests.Timeout as exc:
@@ -415,13 +403,16 @@ class ODataClient:
             )
         if status == 429:
             raise TransientError(
-                f"Dynamics 365 throttled {where}", status=status, retry_after=_retry_after(response), body_excerpt=text
+                f"Dynamics 365 throttled {where}",
+                status=status,
+                retry_after=retry_after(response.headers),
+                body_excerpt=text,
             )
         if status in (502, 503, 504):
             raise TransientError(
                 f"Dynamics 365 was unavailable for {where}",
                 status=status,
-                retry_after=_retry_after(response),
+                retry_after=retry_after(response.headers),
                 body_excerpt=_excerpt(text),
             )
         if status == 204:

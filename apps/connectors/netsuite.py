@@ -125,6 +125,7 @@ from apps.connectors.documents import (
     VoidDocument,
     WriteOffDocument,
 )
+from apps.connectors.http import connection_refused, retry_after
 from apps.core.errors import (
     AuthenticationError,
     BusinessRuleError,
@@ -352,7 +353,7 @@ class SuiteTalk:
                     "the NetSuite token endpoint is unavailable",
                     status=response.status_code,
                     body_excerpt=body,
-                    retry_after=_retry_after(response.headers),
+                    retry_after=retry_after(response.headers),
                 )
             payload = _Response(response.status_code, response.headers, body).json()
             if response.status_code != 200 or not isinstance(payload, dict) or not payload.get("access_token"):
@@ -418,7 +419,7 @@ class SuiteTalk:
         except (requests.ConnectTimeout, requests.exceptions.SSLError) as exc:
             raise TransientError(f"could not connect to NetSuite for {where}: {exc}") from exc
         except requests.ConnectionError as exc:
-            if _refused(exc) or not writes:
+            if connection_refused(exc) or not writes:
                 raise TransientError(f"connection to NetSuite failed for {where}: {exc}") from exc
             raise UncertainOutcome(f"connection dropped after sending {where}: {exc}") from exc
         except requests.Timeout as exc:
@@ -443,7 +444,7 @@ class SuiteTalk:
             )
         if status == 429:
             self._throttled_in_a_row += 1
-            wait = _retry_after(response.headers) or min(2.0 ** (self._throttled_in_a_row - 1), THROTTLE_BACKOFF_MAX)
+            wait = retry_after(response.headers) or min(2.0 ** (self._throttled_in_a_row - 1), THROTTLE_BACKOFF_MAX)
             raise TransientError(
                 f"NetSuite's concurrency limit refused {where}", status=status, retry_after=wait, body_excerpt=body
             )
@@ -451,7 +452,7 @@ class SuiteTalk:
             raise TransientError(
                 f"NetSuite is unavailable for {where}",
                 status=status,
-                retry_after=_retry_after(response.headers),
+                retry_after=retry_after(response.headers),
                 body_excerpt=body,
             )
         if status >= 500:
@@ -501,19 +502,6 @@ def _details(payload: Any) -> list[dict[str, str]]:
     if not isinstance(found, list):
         return []
     return [{key: str(value) for key, value in item.items()} for item in found if isinstance(item, dict)]
-
-
-def _refused(exc: requests.ConnectionError) -> bool:
-    text = repr(exc)
-    return "NewConnectionError" in text or "Connection refused" in text
-
-
-def _retry_after(headers: Any) -> float | None:
-    value = headers.get("Retry-After", "") if headers is not None else ""
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
 
 
 def _ref(value: str) -> dict[str, str]:

@@ -119,6 +119,7 @@ from apps.connectors.documents import (
     VoidDocument,
     WriteOffDocument,
 )
+from apps.connectors.http import connection_refused
 from apps.core.errors import (
     AuthenticationError,
     BusinessRuleError,
@@ -285,11 +286,6 @@ def _retry_after(response: requests.Response, default: float) -> float:
         return float(response.headers.get("Retry-After") or default)
     except ValueError:
         return default
-
-
-def _refused(exc: requests.ConnectionError) -> bool:
-    text = repr(exc)
-    return "NewConnectionError" in text or "Connection refused" in text
 
 
 class QuickBooksAPI:
@@ -472,7 +468,7 @@ class QuickBooksAPI:
         except (requests.ConnectTimeout, requests.exceptions.SSLError) as exc:
             raise TransientError(f"could not connect for {where}: {exc}") from exc
         except requests.ConnectionError as exc:
-            if _refused(exc) or not writes:
+            if connection_refused(exc) or not writes:
                 raise TransientError(f"connection failed for {where}: {exc}") from exc
             raise UncertainOutcome(f"connection dropped after sending {where}: {exc}") from exc
         except requests.Timeout as exc:

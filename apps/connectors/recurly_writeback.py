@@ -48,6 +48,7 @@ import requests
 
 from apps.connectors.base import ERPConnector
 from apps.connectors.documents import PostResult, WritebackDocument
+from apps.connectors.http import connection_refused
 from apps.core.errors import (
     AuthenticationError,
     BusinessRuleError,
@@ -154,7 +155,7 @@ class RecurlyWriteback(ERPConnector):
         except requests.ConnectTimeout as exc:
             raise TransientError(f"{what}: Recurly did not accept the connection: {exc}") from exc
         except requests.ConnectionError as exc:
-            if _refused(exc) or not writes:
+            if connection_refused(exc) or not writes:
                 raise TransientError(f"{what}: {method} failed before Recurly answered: {exc}") from exc
             raise UncertainOutcome(f"{what}: the connection dropped after the update was sent: {exc}") from exc
         except requests.Timeout as exc:
@@ -173,12 +174,6 @@ class RecurlyWriteback(ERPConnector):
                 f"{what}: Recurly answered {response.status_code} without a JSON invoice", status=response.status_code
             )
         return data
-
-
-def _refused(exc: requests.ConnectionError) -> bool:
-    """Nothing reached Recurly: the connection itself was refused or could not be made."""
-    text = str(exc)
-    return "NewConnectionError" in text or "Connection refused" in text or "Name or service not known" in text
 
 
 def _classify(response: requests.Response, what: str, *, writes: bool) -> ConnectorError:

@@ -117,6 +117,7 @@ from apps.connectors.documents import (
     VoidDocument,
     WriteOffDocument,
 )
+from apps.connectors.http import connection_refused, retry_after
 from apps.core.errors import (
     AuthenticationError,
     BusinessRuleError,
@@ -311,21 +312,8 @@ def _header_text(kind: str, number: str) -> str:
     return text if len(text) <= 25 else number[:25]
 
 
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After", "")
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
-
-
 def _odata_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
-
-
-def _refused(exc: requests.ConnectionError) -> bool:
-    text = repr(exc)
-    return "NewConnectionError" in text or "Connection refused" in text
 
 
 class _Unauthorized(Exception):
@@ -394,7 +382,7 @@ class SapHttp:
                 raise TransientError(
                     f"SAP's token endpoint answered {response.status_code}",
                     status=response.status_code,
-                    retry_after=_retry_after(response),
+                    retry_after=retry_after(response.headers),
                     body_excerpt=body,
                 )
             try:
@@ -517,7 +505,7 @@ class SapHttp:
         except (requests.ConnectTimeout, requests.exceptions.SSLError) as exc:
             raise TransientError(f"could not connect for {where}: {exc}") from exc
         except requests.ConnectionError as exc:
-            if _refused(exc) or not writes:
+            if connection_refused(exc) or not writes:
                 raise TransientError(f"connection failed for {where}: {exc}") from exc
             raise UncertainOutcome(f"connection dropped after sending {where}: {exc}") from exc
         except requests.Timeout as exc:
@@ -534,11 +522,14 @@ def _raise_for_transport(response: requests.Response, where: str, *, writes: boo
     status, body = response.status_code, response.text
     if status == 429:
         raise TransientError(
-            f"SAP throttled {where}", status=status, retry_after=_retry_after(response), body_excerpt=body
+            f"SAP throttled {where}", status=status, retry_after=retry_after(response.headers), body_excerpt=body
         )
     if status in (502, 503, 504):
         raise TransientError(
-            f"SAP was unavailable for {where}", status=status, retry_after=_retry_after(response), body_excerpt=body
+            f"SAP was unavailable for {where}",
+            status=status,
+            retry_after=retry_after(response.headers),
+            body_excerpt=body,
         )
     if status == 403:
         raise ConfigurationError(

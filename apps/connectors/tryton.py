@@ -63,6 +63,7 @@ from apps.connectors.documents import (
     VoidDocument,
     WriteOffDocument,
 )
+from apps.connectors.http import connection_refused, retry_after
 from apps.core.correlation import outbound_headers
 from apps.core.errors import (
     AuthenticationError,
@@ -190,7 +191,7 @@ class TrytonRPC:
         except (requests.ConnectTimeout, requests.exceptions.SSLError) as exc:
             raise TransientError(f"could not connect for {where}: {exc}") from exc
         except requests.ConnectionError as exc:
-            if _refused(exc) or not writes:
+            if connection_refused(exc) or not writes:
                 raise TransientError(f"connection failed for {where}: {exc}") from exc
             raise UncertainOutcome(f"connection dropped after sending {where}: {exc}") from exc
         except requests.Timeout as exc:
@@ -208,12 +209,15 @@ class TrytonRPC:
             raise AuthenticationError(f"Tryton refused the login of {self.username!r}", status=status)
         if status == 429:
             raise TransientError(
-                f"Tryton throttled {where}", status=status, retry_after=_retry_after(response), body_excerpt=body
+                f"Tryton throttled {where}", status=status, retry_after=retry_after(response.headers), body_excerpt=body
             )
         if status in (502, 503, 504):
             # 503: a lock could not be obtained; 504: a database timeout. Tryton rolled back.
             raise TransientError(
-                f"Tryton was busy for {where}", status=status, retry_after=_retry_after(response), body_excerpt=body
+                f"Tryton was busy for {where}",
+                status=status,
+                retry_after=retry_after(response.headers),
+                body_excerpt=body,
             )
         if status == 404:
             raise ConfigurationError(f"Tryton has no database behind {self.endpoint}", status=status)
@@ -236,19 +240,6 @@ class TrytonRPC:
 
 class _SessionExpired(Exception):
     pass
-
-
-def _refused(exc: requests.ConnectionError) -> bool:
-    text = repr(exc)
-    return "NewConnectionError" in text or "Connection refused" in text
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After", "")
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
 
 
 def _classify_error(method: str, error: Any) -> ConnectorError:

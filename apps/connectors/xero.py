@@ -104,6 +104,7 @@ from apps.connectors.documents import (
     VoidDocument,
     WriteOffDocument,
 )
+from apps.connectors.http import retry_after
 from apps.core.errors import (
     AuthenticationError,
     BusinessRuleError,
@@ -171,14 +172,6 @@ def _dec(value: Any) -> Decimal:
 
 def _excerpt(text: str, limit: int = 1500) -> str:
     return text[:limit]
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After", "")
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
 
 
 def _int_header(response: requests.Response, name: str) -> int | None:
@@ -306,7 +299,7 @@ class XeroAPI:
                 raise TransientError(
                     "Xero's token endpoint failed",
                     status=response.status_code,
-                    retry_after=_retry_after(response),
+                    retry_after=retry_after(response.headers),
                     body_excerpt=body,
                 )
             try:
@@ -409,13 +402,13 @@ class XeroAPI:
             )
         if status == 429:
             problem = response.headers.get("X-Rate-Limit-Problem", "")
-            retry_after = _retry_after(response)
-            if retry_after is not None and problem.lower() != "concurrent":
-                self._hold(retry_after, f"429, {problem or 'rate'} limit")
+            wait = retry_after(response.headers)
+            if wait is not None and problem.lower() != "concurrent":
+                self._hold(wait, f"429, {problem or 'rate'} limit")
             raise TransientError(
                 f"Xero throttled {where_} ({problem or 'rate'} limit)",
                 status=status,
-                retry_after=retry_after if retry_after is not None else 1.0,
+                retry_after=wait if wait is not None else 1.0,
                 body_excerpt=body,
             )
         if status == 404 and missing_ok:
@@ -424,7 +417,7 @@ class XeroAPI:
             raise TransientError(
                 f"Xero was unavailable for {where_}",
                 status=status,
-                retry_after=_retry_after(response),
+                retry_after=retry_after(response.headers),
                 body_excerpt=body,
             )
         if status == 503:
@@ -432,7 +425,7 @@ class XeroAPI:
             raise TransientError(
                 f"Xero was unavailable for {where_}",
                 status=status,
-                retry_after=_retry_after(response),
+                retry_after=retry_after(response.headers),
                 body_excerpt=body,
             )
         if status >= 500:
