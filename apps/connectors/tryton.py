@@ -21,6 +21,7 @@ import datetime
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -81,6 +82,7 @@ POSTED_STATES = ("posted", "paid")
 # A customer invoice's state in Tryton, as a reconciliation compares it with billing's.
 RECONCILED_STATES = {"posted": "open", "paid": "paid", "cancelled": "void"}
 LISTING_PAGE = 5000
+ACCOUNT_CACHE_SECONDS = 300.0
 _ids = itertools.count(1)
 
 
@@ -326,6 +328,9 @@ class TrytonConnector(ERPConnector):
         self.rpc.before_send = self.pace
         self._ids: dict[tuple[str, str], int] = {}
         self._company_currencies: dict[int, str] = {}
+        # Revenue accounts by code, as last found open: every invoice line needs one, and a chart of
+        # accounts changes rarely (a code found closed or missing is looked up on every call).
+        self._revenue_accounts: dict[str, tuple[float, dict[str, Any]]] = {}
         # Rows per search_read when a reconciliation lists the books (a setting, for large books).
         self.listing_page = int(settings.get("listing_page") or LISTING_PAGE)
 
@@ -649,10 +654,20 @@ class TrytonConnector(ERPConnector):
         return self._ids[key]
 
     def _accounts(self, codes: set[str]) -> dict[str, int]:
-        found = self._search_read(
-            "account.account", [["code", "in", sorted(codes)], ["closed", "!=", True]], ["id", "code", "type.revenue"]
-        )
-        by_code = {row["code"]: row for row in found}
+        now = time.monotonic()
+        by_code = {
+            code: row for code, (seen, row) in self._revenue_accounts.items() if now - seen < ACCOUNT_CACHE_SECONDS
+        }
+        wanted = sorted(codes - by_code.keys())
+        if wanted:
+            found = self._search_read(
+                "account.account", [["code", "in", wanted], ["closed", "!=", True]], ["id", "code", "type.revenue"]
+            )
+            for row in found:
+                by_code[row["code"]] = row
+                if (row.get("type.") or {}).get("revenue"):
+                    self._revenue_accounts[row["code"]] = (now, row)
+        by_code = {code: by_code[code] for code in codes if code in by_code}
         for code in sorted(codes):
             row = by_code.get(code)
             if row is None:

@@ -1,7 +1,11 @@
 """Request budgets shared by every worker process on every host, kept in Redis.
 
-``WindowLimiter``: at most N requests in any window of P seconds (a sliding log in a sorted set,
-timed by the Redis server's clock so hosts with skewed clocks agree). ``ConcurrencyLimiter``: at
+``WindowLimiter``: at most N requests in any window of P seconds, spread evenly: each request gets
+the next free send time, at least P/N after the one before (a "theoretical arrival time" kept in
+Redis, timed by the Redis server's clock so hosts with skewed clocks agree). The caller sleeps
+until its time, then sends. Letting a whole window's budget go at once would queue it at the
+ERP, and the requests at the back of that queue would arrive within one window of the next
+window's first ones: the ERP would count more than N. ``ConcurrencyLimiter``: at
 most C calls in flight at once (leases in a sorted set that expire, so a killed worker's slot comes
 back by itself). Both are single Lua scripts: check and take happen atomically.
 
@@ -14,28 +18,28 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
 from typing import Any
 
 from django.conf import settings
 
 log = logging.getLogger(__name__)
 
-_WINDOW = """
+# Reserve the next send time (µs) unless it is more than ARGV[2] µs away; returns {granted, wait}.
+_PACE = """
 local key = KEYS[1]
-local limit = tonumber(ARGV[1])
-local period = tonumber(ARGV[2])
-local member = ARGV[3]
+local interval = tonumber(ARGV[1])
+local max_wait = tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now - period)
-if redis.call('ZCARD', key) < limit then
-  redis.call('ZADD', key, now, member)
-  redis.call('PEXPIRE', key, math.ceil(period / 1000) + 1000)
-  return {1, 0}
+local next_free = tonumber(redis.call('GET', key) or '0')
+local slot = math.max(next_free, now)
+local wait = slot - now
+if wait > max_wait then
+  return {0, string.format('%d', wait)}
 end
-local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-return {0, tonumber(oldest[2]) + period - now}
+local ttl_ms = math.ceil((wait + interval) / 1000) + 1000
+redis.call('SET', key, string.format('%d', slot + interval), 'PX', string.format('%d', ttl_ms))
+return {1, string.format('%d', wait)}
 """
 
 _ACQUIRE_SLOT = """
@@ -83,45 +87,52 @@ def redis_client() -> Any:
 
 class _LocalState:
     lock = threading.Lock()
-    windows: dict[str, deque[float]] = {}
+    next_free: dict[str, int] = {}
     slots: dict[str, dict[str, float]] = {}
 
 
 class WindowLimiter:
+    # Added to the period before it is shared out: a request's trip to the ERP takes a little
+    # longer for some senders than for others, and two requests a period apart here must not
+    # arrive less than a period apart there.
+    MARGIN_SECONDS = 0.02
+
     def __init__(self, name: str, limit: int, period_seconds: float) -> None:
-        self.key = f"{_namespace()}:flow:window:{name}"
+        self.key = f"{_namespace()}:flow:pace:{name}"
         self.limit = max(1, int(limit))
-        # A small margin so requests that leave at the window's edge do not arrive inside it.
-        self.period_us = int(period_seconds * 1_000_000) + 20_000
+        self.interval_us = int((period_seconds + self.MARGIN_SECONDS) * 1_000_000 / self.limit)
         self._redis = redis_client()
-        self._script = self._redis.register_script(_WINDOW) if self._redis is not None else None
+        self._script = self._redis.register_script(_PACE) if self._redis is not None else None
+
+    def _reserve(self, max_wait: float) -> tuple[bool, float]:
+        """Take the next send time if it is at most ``max_wait`` seconds away: (taken, seconds to it)."""
+        max_wait_us = int(max_wait * 1_000_000)
+        if self._script is not None:
+            granted, wait_us = self._script(keys=[self.key], args=[self.interval_us, max_wait_us])
+            return bool(int(granted)), int(wait_us) / 1_000_000
+        now = int(time.monotonic() * 1_000_000)
+        with _LocalState.lock:
+            slot = max(_LocalState.next_free.get(self.key, 0), now)
+            if slot - now > max_wait_us:
+                return False, (slot - now) / 1_000_000
+            _LocalState.next_free[self.key] = slot + self.interval_us
+            return True, (slot - now) / 1_000_000
 
     def try_acquire(self) -> float:
-        """0 when a request may go now, else the seconds to wait before the next try."""
-        if self._script is not None:
-            allowed, wait_us = self._script(keys=[self.key], args=[self.limit, self.period_us, uuid.uuid4().hex])
-            return 0.0 if int(allowed) else max(int(wait_us), 1000) / 1_000_000
-        now = time.monotonic() * 1_000_000
-        with _LocalState.lock:
-            log = _LocalState.windows.setdefault(self.key, deque())
-            while log and log[0] <= now - self.period_us:
-                log.popleft()
-            if len(log) < self.limit:
-                log.append(now)
-                return 0.0
-            return (log[0] + self.period_us - now) / 1_000_000
+        """0 when a request may go now (its send time is taken), else the seconds until the next free one."""
+        granted, wait = self._reserve(0.0)
+        return 0.0 if granted else max(wait, 0.001)
 
     def acquire(self, *, max_wait: float) -> float:
-        """Wait for a request slot for up to ``max_wait`` seconds; return 0 when granted, or the
-        seconds still to wait when it was not (the caller reschedules instead of blocking)."""
-        deadline = time.monotonic() + max_wait
-        while True:
-            wait = self.try_acquire()
-            if wait == 0:
-                return 0.0
-            if time.monotonic() + wait > deadline:
-                return wait
+        """Take the next send time if it is at most ``max_wait`` seconds away and sleep until it;
+        return 0 then. Otherwise take nothing and return the seconds to the next free time (the
+        caller reschedules instead of blocking)."""
+        granted, wait = self._reserve(max_wait)
+        if not granted:
+            return max(wait, 0.001)
+        if wait > 0:
             time.sleep(wait)
+        return 0.0
 
 
 class ConcurrencyLimiter:

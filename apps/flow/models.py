@@ -7,6 +7,7 @@ from __future__ import annotations
 from django.db import models
 from django.utils import timezone
 
+from apps.core.config_cache import ConfigQuerySet
 from apps.routing.models import ERPConnection
 
 # Defaults per ERP kind from the vendors' published limits (requests, period in seconds, concurrency).
@@ -72,6 +73,8 @@ class MaintenanceWindow(models.Model):
     reason = models.CharField(max_length=200)
     created_by = models.CharField(max_length=150, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+
+    objects = ConfigQuerySet.as_manager()
 
     class Meta:
         ordering = ["starts_at"]

@@ -17,7 +17,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from apps.core import audit
+from apps.core import audit, config_cache
 from apps.flow.limiter import ConcurrencyLimiter, WindowLimiter
 from apps.flow.models import DEFAULT_BUDGETS, FALLBACK_BUDGET, CircuitState, ConnectionFlow, MaintenanceWindow
 from apps.routing.models import ERPConnection
@@ -65,7 +65,7 @@ def admission(
             f"Postings to {connection.name} are paused by {flow.paused_by or 'an operator'}: {flow.paused_reason}",
             now + PAUSED_RECHECK,
         )
-    window = MaintenanceWindow.objects.filter(connection=connection, starts_at__lte=now, ends_at__gt=now).first()
+    window = _maintenance_window(connection, now)
     if window is not None:
         return Hold(
             HOLD_MAINTENANCE,
@@ -93,6 +93,16 @@ def admission(
             return None
         return Hold(HOLD_CIRCUIT, _circuit_words(connection, flow), flow.next_probe_at or now)
     return None
+
+
+def _maintenance_window(connection: ERPConnection, now: datetime) -> MaintenanceWindow | None:
+    """The window in force now, from the connection's windows not yet over (read once per
+    configuration generation: every posting asks)."""
+    ahead = config_cache.cached(
+        ("maintenance_windows", connection.pk),
+        lambda: list(MaintenanceWindow.objects.filter(connection_id=connection.pk, ends_at__gt=timezone.now())),
+    )
+    return next((w for w in ahead if w.starts_at <= now < w.ends_at), None)
 
 
 def claim_probe(connection: ERPConnection, probe_at: datetime) -> bool:
@@ -131,8 +141,11 @@ def window(connection: ERPConnection, budget: ConnectionFlow | None = None) -> W
     return WindowLimiter(connection.name, flow.max_requests, flow.period_seconds)
 
 
-def record_success(connection: ERPConnection) -> None:
-    flow = flow_for(connection)
+def record_success(connection: ERPConnection, budget: ConnectionFlow | None = None) -> None:
+    """``budget``: the flow row the caller read before its call, when it has one (saves a query: a
+    circuit that was closed without failures then needs nothing, and one opened since by another
+    worker's failure is closed by its own probe)."""
+    flow = budget or flow_for(connection)
     if flow.circuit_state == CircuitState.CLOSED and flow.consecutive_failures == 0:
         return
     with transaction.atomic():
@@ -240,7 +253,7 @@ def _still_holding(connection: ERPConnection, now: datetime, flow: ConnectionFlo
     holding = set()
     if flow.paused:
         holding.add(HOLD_PAUSED)
-    if MaintenanceWindow.objects.filter(connection=connection, starts_at__lte=now, ends_at__gt=now).exists():
+    if _maintenance_window(connection, now) is not None:
         holding.add(HOLD_MAINTENANCE)
     if flow.circuit_state != CircuitState.CLOSED:
         holding.add(HOLD_CIRCUIT)

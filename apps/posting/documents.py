@@ -39,7 +39,7 @@ from apps.ledger.models import (
 from apps.posting.models import Operation, Posting, PostingState
 from apps.posting.planner import WRITEBACK_STATUS
 from apps.routing.models import ERPConnection, Mapping
-from apps.routing.services import MissingMapping, resolve_mapping
+from apps.routing.services import MissingMapping, mappings_of, resolve_mapping
 
 _MAPPING_WORDS = {
     Mapping.KIND_REVENUE_ACCOUNT: "revenue account",
@@ -91,8 +91,9 @@ def dimensions(connection: ERPConnection, legal_entity: LegalEntity | None) -> d
     keys = _entity_keys(legal_entity)
     candidates = [key for key in keys if key] + [Mapping.DEFAULT_KEY]
     found: dict[str, dict[str, str]] = {}
-    for mapping in Mapping.objects.filter(connection=connection, kind__in=DIMENSIONS, key__in=candidates):
-        found.setdefault(mapping.kind, {})[mapping.key] = mapping.value
+    for (kind, key), value in mappings_of(connection).items():
+        if kind in DIMENSIONS and key in candidates:
+            found.setdefault(kind, {})[key] = value
     resolved: dict[str, str] = {}
     what = f"legal entity {legal_entity.code}" if legal_entity else "documents without a legal entity"
     for name in DIMENSIONS:

@@ -268,6 +268,7 @@ def execute_posting(posting_id: int) -> str:
             "connection",
             "customer",
             "invoice__customer",
+            "invoice__legal_entity",
             "payment_application__payment",
             "credit_memo",
             "dispute__payment",
@@ -334,7 +335,7 @@ def _run(claimed: Claim, budget: ConnectionFlow) -> str:
                     "searched by the hub's reference. Check the ERP: link the document if it is there, retry if not.",
                 )
             if found is not None:
-                flow.record_success(connection)
+                flow.record_success(connection, budget)
                 return _posted(claimed, found, PostingAttempt.Outcome.FOUND)
         result = _call(connector, posting)
     except Throttled as exc:
@@ -363,7 +364,7 @@ def _run(claimed: Claim, budget: ConnectionFlow) -> str:
         return _retry(
             claimed, ConnectorError(f"{type(exc).__name__}: {exc}"), PostingAttempt.Outcome.ERROR, verify=True
         )
-    flow.record_success(connection)
+    flow.record_success(connection, budget)
     return _posted(claimed, result, PostingAttempt.Outcome.POSTED)
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import logging
 
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet, prefetch_related_objects
 
 from apps.connectors.base import DISPUTE_MOVEMENTS, ON_ACCOUNT_SUFFIX, REFUND_SUFFIX, VOID_SUFFIX, WRITE_OFF_SUFFIX
-from apps.core import audit
-from apps.ledger.models import CreditMemo, Customer, Dispute, Invoice, Payment, PaymentApplication
+from apps.core import audit, config_cache
+from apps.ledger.models import CreditMemo, Customer, Dispute, Invoice, InvoiceLine, Payment, PaymentApplication
 from apps.posting import dispatch, signals
 from apps.posting.models import ErrorCategory, Operation, Posting, PostingState, idempotency_key
 from apps.routing.models import ERPConnection, RoutingRule, RoutingVersion
@@ -27,8 +27,13 @@ def _region(customer: Customer | None, legal_entity: object) -> str:
 
 def invoice_facts(invoice: Invoice) -> RouteFacts:
     """An invoice's product line is that of its largest line with a product."""
+    prefetched = "lines" in getattr(invoice, "_prefetched_objects_cache", {})
     lines = sorted(
-        (line for line in invoice.lines.select_related("product") if line.product is not None),
+        (
+            line
+            for line in (invoice.lines.all() if prefetched else invoice.lines.select_related("product"))
+            if line.product is not None
+        ),
         key=lambda line: -abs(line.amount_minor),
     )
     return RouteFacts(
@@ -220,6 +225,8 @@ def plan_invoice(invoice: Invoice) -> list[Posting]:
     """Plans the invoice in every ERP its route names. Raises ``NoRoute`` when no rule takes it."""
     if invoice.status == Invoice.STATUS_VOID:
         return plan_void(invoice)
+    # Routing (product line) and the totals check both read the lines: once, with their products.
+    prefetch_related_objects([invoice], Prefetch("lines", queryset=InvoiceLine.objects.select_related("product")))
     route = invoice_route(invoice)
     planned: list[Posting] = []
     with transaction.atomic(savepoint=False):
@@ -504,13 +511,22 @@ WRITEBACK_STATUS = {
 }
 
 
+def _writeback_connection(source_name: str) -> ERPConnection | None:
+    """The source's writeback connection (read once per configuration generation: every posting asks)."""
+
+    def load() -> tuple[ERPConnection | None]:
+        source = BillingSource.objects.select_related("writeback_connection").filter(name=source_name).first()
+        return (source.writeback_connection if source else None,)
+
+    return config_cache.cached(("writeback_connection", source_name), load)[0]
+
+
 def plan_writeback(parent: Posting) -> Posting | None:
     """Once ``parent`` is posted, tell its billing source what the ERP did, when the source has a
     writeback connection: a posting of its own after the parent."""
     if parent.operation not in WRITEBACK_STATUS:
         return None
-    source = BillingSource.objects.select_related("writeback_connection").filter(name=parent.source).first()
-    target = source.writeback_connection if source else None
+    target = _writeback_connection(parent.source)
     if target is None or not target.active:
         return None
     invoice = parent.invoice or (parent.payment_application.invoice if parent.payment_application else None)

@@ -6,6 +6,7 @@ from django.db import models
 
 from apps.connectors.documents import DIMENSIONS
 from apps.core import secrets
+from apps.core.config_cache import ConfigQuerySet
 from apps.ledger.models import LegalEntity
 
 
@@ -54,6 +55,8 @@ class ERPConnection(models.Model):
         "dated the first day the ERP accepts, with billing's date in its memo (connectors that can name that "
         "day: Tryton; the others park).",
     )
+
+    objects = ConfigQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
@@ -116,6 +119,8 @@ class RoutingRule(models.Model):
         help_text="Post to this connection too and keep evaluating the rules below (fan-out).",
     )
     active = models.BooleanField(default=True)
+
+    objects = ConfigQuerySet.as_manager()
 
     class Meta:
         ordering = ["priority", "id"]
@@ -184,6 +189,8 @@ class Mapping(models.Model):
     kind = models.CharField(max_length=32, choices=KIND_CHOICES)
     key = models.CharField(max_length=255)
     value = models.CharField(max_length=255, blank=True)
+
+    objects = ConfigQuerySet.as_manager()
 
     class Meta:
         ordering = ["connection", "kind", "key"]

@@ -7,6 +7,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from apps.core import config_cache
 from apps.ledger.models import LegalEntity
 from apps.routing.models import ERPConnection, Mapping, RoutingRule, RoutingVersion
 
@@ -90,15 +91,26 @@ def _snapshot(rule: RoutingRule) -> dict[str, object]:
 def current_version(rules: list[RoutingRule]) -> RoutingVersion:
     snapshot = [_snapshot(rule) for rule in rules]
     digest = hashlib.sha256(json.dumps(snapshot, sort_keys=True).encode()).hexdigest()
-    version = RoutingVersion.objects.filter(digest=digest).first()
+
+    version = config_cache.cached(
+        ("routing_version", digest), lambda: RoutingVersion.objects.filter(digest=digest).first()
+    )
     if version is None:
-        version, _ = RoutingVersion.objects.get_or_create(digest=digest, defaults={"rules": snapshot})
+        version, created = RoutingVersion.objects.get_or_create(digest=digest, defaults={"rules": snapshot})
+        if created:
+            config_cache.written()
     return version
 
 
 def active_rules() -> list[RoutingRule]:
-    return list(
-        RoutingRule.objects.select_related("connection", "legal_entity").filter(active=True, connection__active=True)
+    """The active rules by priority (shared, read-only instances: read once per configuration generation)."""
+    return config_cache.cached(
+        "active_rules",
+        lambda: list(
+            RoutingRule.objects.select_related("connection", "legal_entity").filter(
+                active=True, connection__active=True
+            )
+        ),
     )
 
 
@@ -123,11 +135,25 @@ def routes(facts: RouteFacts) -> Route:
     )
 
 
+def mappings_of(connection: ERPConnection) -> dict[tuple[str, str], str]:
+    """Every mapping of the connection as (kind, key) → value, read once per configuration generation."""
+
+    def load() -> dict[tuple[str, str], str]:
+        return {
+            (kind, key): value
+            for kind, key, value in Mapping.objects.filter(connection_id=connection.pk).values_list(
+                "kind", "key", "value"
+            )
+        }
+
+    return config_cache.cached(("mappings", connection.pk), load)
+
+
 def resolve_mapping(connection: ERPConnection, kind: str, keys: list[str]) -> str:
     """The value of the most specific key present, falling back to ``default``."""
     candidates = [key for key in keys if key] + [Mapping.DEFAULT_KEY]
-    found = {m.key: m.value for m in Mapping.objects.filter(connection=connection, kind=kind, key__in=candidates)}
+    found = mappings_of(connection)
     for key in candidates:
-        if key in found:
-            return found[key]
+        if (kind, key) in found:
+            return found[(kind, key)]
     raise MissingMapping(kind, [key for key in keys if key], connection)

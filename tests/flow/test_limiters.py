@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -17,6 +18,7 @@ from apps.posting.models import Operation, Posting, PostingState
 from apps.routing.models import ERPConnection
 from apps.sources import stripe_samples as se
 from tests.conftest import deliver
+from tests.fault_proxy import most_in_any_window
 
 
 def name() -> str:
@@ -34,13 +36,37 @@ def test_concurrency_slots_are_capped_released_and_expire() -> None:
     assert limiter.in_use() == 0 and limiter.try_acquire() is not None
 
 
-def test_window_grants_the_limit_then_says_how_long_to_wait() -> None:
-    limiter = WindowLimiter(name(), limit=3, period_seconds=0.5)
-    assert [limiter.try_acquire() for _ in range(3)] == [0.0, 0.0, 0.0]
-    wait = limiter.try_acquire()
-    assert 0 < wait <= 0.55
+def test_the_request_budget_spaces_requests_evenly_and_says_how_long_to_wait() -> None:
+    limiter = WindowLimiter(name(), limit=4, period_seconds=0.4)  # one request every 0.105 s
+    assert limiter.try_acquire() == 0.0
+    wait = limiter.try_acquire()  # the next send time is taken by nobody yet, but not due
+    assert 0.05 < wait <= 0.106
     assert limiter.acquire(max_wait=0.01) > 0  # would have to wait longer than allowed: refused
-    assert limiter.acquire(max_wait=1.0) == 0.0  # waits for the window to move, then goes
+    started = time.monotonic()
+    assert limiter.acquire(max_wait=1.0) == 0.0  # sleeps until its send time, then goes
+    assert limiter.acquire(max_wait=1.0) == 0.0
+    assert time.monotonic() - started >= 0.15  # two send times, each 0.105 s after the last
+
+
+def test_many_senders_never_put_more_than_the_budget_in_any_window() -> None:
+    limiter = WindowLimiter(name(), limit=20, period_seconds=0.5)
+    sent: list[float] = []
+    lock = threading.Lock()
+
+    def sender() -> None:
+        until = time.monotonic() + 1.6
+        while time.monotonic() < until:
+            if limiter.acquire(max_wait=0.3) == 0.0:
+                with lock:
+                    sent.append(time.monotonic())
+
+    threads = [threading.Thread(target=sender) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most_in_any_window(sent, 0.5) <= 20
+    assert len(sent) >= 55  # 1.6 s at 20 per 0.52 s: the budget is used, not just respected
 
 
 @pytest.mark.usefixtures("configured")
