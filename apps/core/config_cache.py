@@ -17,9 +17,10 @@ writes these tables that way.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -45,8 +46,27 @@ def _redis() -> Any:
     return redis_client()
 
 
+@contextlib.contextmanager
+def pinned() -> Iterator[None]:
+    """Read the generation once for a unit of work (one posting run, one event's normalization)
+    instead of once per lookup: what it reads is what was current when it started."""
+    if getattr(_thread, "pinned", None) is not None:
+        yield
+        return
+    _thread.pinned = _read_generation()
+    try:
+        yield
+    finally:
+        _thread.pinned = None
+
+
 def generation() -> int | None:
     """The current generation, or None when there is no Redis to agree on one (or it is away)."""
+    pin = getattr(_thread, "pinned", None)
+    return pin if pin is not None else _read_generation()
+
+
+def _read_generation() -> int | None:
     client = _redis()
     if client is None:
         return None
@@ -69,6 +89,7 @@ def _increment() -> None:
 
 def changed() -> None:
     """Announce a change to cached configuration: now, and again when the transaction commits."""
+    _thread.pinned = None  # this unit of work reads the generation afresh from now on
     _increment()
     written()
     transaction.on_commit(_increment)

@@ -15,7 +15,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from apps.core import audit, secrets
+from apps.core import audit, config_cache, secrets
 from apps.core.broker import resend_patience
 from apps.core.correlation import TASK_HEADER, correlation_scope, for_event
 from apps.ingest import signals
@@ -181,6 +181,11 @@ def normalize_event(inbox_event_id: int) -> str:
     """Turn one stored event into ledger changes and planned postings, all in one transaction.
     Running it twice changes nothing the second time (ledger upserts and posting keys are
     idempotent), so at-least-once delivery of the task is safe."""
+    with config_cache.pinned():
+        return _normalize_event(inbox_event_id)
+
+
+def _normalize_event(inbox_event_id: int) -> str:
     with transaction.atomic():
         event = InboxEvent.objects.select_for_update().filter(pk=inbox_event_id).first()
         if event is None:
@@ -189,7 +194,10 @@ def normalize_event(inbox_event_id: int) -> str:
             log.info("event already normalized", extra={"inbox_event_id": event.pk})
             return str(event.status)
         with correlation_scope(event.correlation_id):
-            source = BillingSource.objects.select_related("legal_entity").filter(name=event.source).first()
+            source = config_cache.cached(
+                ("source", event.source),
+                lambda: BillingSource.objects.select_related("legal_entity").filter(name=event.source).first(),
+            )
             try:
                 if source is None:
                     raise InvalidPayload(f"The billing source '{event.source}' no longer exists.")

@@ -26,7 +26,7 @@ from django.utils import timezone
 from apps.connectors.base import ERPConnector
 from apps.connectors.documents import PostResult
 from apps.connectors.registry import get_connector
-from apps.core import audit
+from apps.core import audit, config_cache
 from apps.core.correlation import correlation_scope
 from apps.core.errors import (
     AuthenticationError,
@@ -258,6 +258,11 @@ def _connector_for(posting: Posting) -> ERPConnector:
 
 
 def execute_posting(posting_id: int) -> str:
+    with config_cache.pinned():
+        return _execute_posting(posting_id)
+
+
+def _execute_posting(posting_id: int) -> str:
     """Returns the state the posting ended in (or 'skipped' when there was nothing to do).
 
     The run holds one of its connection's concurrency slots from before the claim to the end, so
