@@ -13,6 +13,7 @@ from typing import Any
 
 from django.db import models
 
+from apps.core.config_cache import ConfigQuerySet
 from apps.core.money import Money, exponent_for
 
 
@@ -21,6 +22,8 @@ class LegalEntity(models.Model):
     name = models.CharField(max_length=200)
     country = models.CharField(max_length=2, blank=True)
     base_currency = models.CharField(max_length=3)
+
+    objects = ConfigQuerySet.as_manager()
 
     class Meta:
         verbose_name_plural = "legal entities"

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.db import models
 
+from apps.core.config_cache import ConfigQuerySet
 from apps.ledger.models import LegalEntity
 
 
@@ -52,6 +53,8 @@ class BillingSource(models.Model):
         help_text="Where the ERP's answers are written back to this billing account (e.g. Stripe invoice "
         "metadata); empty: no writeback.",
     )
+
+    objects = ConfigQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
