@@ -1,11 +1,12 @@
 """Request budgets shared by every worker process on every host, kept in Redis.
 
 ``WindowLimiter``: at most N requests in any window of P seconds, spread evenly: each request gets
-the next free send time, at least P/N after the one before (a "theoretical arrival time" kept in
-Redis, timed by the Redis server's clock so hosts with skewed clocks agree). The caller sleeps
-until its time, then sends. Letting a whole window's budget go at once would queue it at the
-ERP, and the requests at the back of that queue would arrive within one window of the next
-window's first ones: the ERP would count more than N. ``ConcurrencyLimiter``: at
+the next free send time, about P/N after the one before, with a small burst allowed after a pause
+(the generic cell rate algorithm, its "theoretical arrival time" kept in Redis and timed by the
+Redis server's clock so hosts with skewed clocks agree). The caller sleeps until its time, then
+sends. Letting a whole window's budget go at once would queue it at the ERP, and the requests at
+the back of that queue would arrive within one window of the next window's first ones: the ERP
+would count more than N. ``ConcurrencyLimiter``: at
 most C calls in flight at once (leases in a sorted set that expire, so a killed worker's slot comes
 back by itself). Both are single Lua scripts: check and take happen atomically.
 
@@ -24,21 +25,25 @@ from django.conf import settings
 
 log = logging.getLogger(__name__)
 
-# Reserve the next send time (µs) unless it is more than ARGV[2] µs away; returns {granted, wait}.
+# GCRA with reservations: the next send time (µs) is max(now, TAT − tolerance), refused when more
+# than ARGV[3] µs away; TAT (the theoretical arrival time) then moves one interval on from
+# max(TAT, the send time). Returns {granted, wait}.
 _PACE = """
 local key = KEYS[1]
 local interval = tonumber(ARGV[1])
-local max_wait = tonumber(ARGV[2])
+local tolerance = tonumber(ARGV[2])
+local max_wait = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local next_free = tonumber(redis.call('GET', key) or '0')
-local slot = math.max(next_free, now)
+local tat = tonumber(redis.call('GET', key) or '0')
+local slot = math.max(now, tat - tolerance)
 local wait = slot - now
 if wait > max_wait then
   return {0, string.format('%d', wait)}
 end
-local ttl_ms = math.ceil((wait + interval) / 1000) + 1000
-redis.call('SET', key, string.format('%d', slot + interval), 'PX', string.format('%d', ttl_ms))
+local new_tat = math.max(tat, slot) + interval
+local ttl_ms = math.ceil((new_tat - now) / 1000) + 1000
+redis.call('SET', key, string.format('%d', new_tat), 'PX', string.format('%d', ttl_ms))
 return {1, string.format('%d', wait)}
 """
 
@@ -92,15 +97,28 @@ class _LocalState:
 
 
 class WindowLimiter:
-    # Added to the period before it is shared out: a request's trip to the ERP takes a little
-    # longer for some senders than for others, and two requests a period apart here must not
-    # arrive less than a period apart there.
-    MARGIN_SECONDS = 0.02
+    """At most ``limit`` requests in any ``period_seconds`` at the ERP.
+
+    Requests are spread one interval apart; after a pause, a few may go at once (the burst) so
+    that send times nobody was ready for are not all lost. Any JITTER + period at the sender then
+    holds at most ``limit`` requests, so two requests a period apart here still arrive a period
+    apart at the ERP when one of them takes up to JITTER longer to get there (a sender descheduled
+    between its send time and the socket write, or the ERP's own accept queue)."""
+
+    JITTER_SECONDS = 0.02
+    BURST_SECONDS = 0.02  # of the period given up so that a burst fits: limit × 20 ms / period requests
 
     def __init__(self, name: str, limit: int, period_seconds: float) -> None:
         self.key = f"{_namespace()}:flow:pace:{name}"
         self.limit = max(1, int(limit))
-        self.interval_us = int((period_seconds + self.MARGIN_SECONDS) * 1_000_000 / self.limit)
+        spread = period_seconds + self.JITTER_SECONDS
+        interval = (spread + self.BURST_SECONDS) / self.limit
+        burst = 1 + int(self.BURST_SECONDS / interval)
+        if burst == 1:
+            interval = spread / self.limit  # too few requests per period for a burst: no margin for one
+        self.burst = burst
+        self.interval_us = int(interval * 1_000_000) + 1
+        self.tolerance_us = (burst - 1) * self.interval_us
         self._redis = redis_client()
         self._script = self._redis.register_script(_PACE) if self._redis is not None else None
 
@@ -108,14 +126,15 @@ class WindowLimiter:
         """Take the next send time if it is at most ``max_wait`` seconds away: (taken, seconds to it)."""
         max_wait_us = int(max_wait * 1_000_000)
         if self._script is not None:
-            granted, wait_us = self._script(keys=[self.key], args=[self.interval_us, max_wait_us])
+            granted, wait_us = self._script(keys=[self.key], args=[self.interval_us, self.tolerance_us, max_wait_us])
             return bool(int(granted)), int(wait_us) / 1_000_000
         now = int(time.monotonic() * 1_000_000)
         with _LocalState.lock:
-            slot = max(_LocalState.next_free.get(self.key, 0), now)
+            tat = _LocalState.next_free.get(self.key, 0)
+            slot = max(now, tat - self.tolerance_us)
             if slot - now > max_wait_us:
                 return False, (slot - now) / 1_000_000
-            _LocalState.next_free[self.key] = slot + self.interval_us
+            _LocalState.next_free[self.key] = max(tat, slot) + self.interval_us
             return True, (slot - now) / 1_000_000
 
     def try_acquire(self) -> float:
