@@ -355,7 +355,8 @@ def render(results: dict[str, Any], source: Path) -> Path:
             "copies of those first invoices, made by SQL (one statement per table, the real idempotency key "
             "formula), and every invoice posting's message is sent at once, as the planner does on commit. "
             f"The ERP connection's request budget (`ConnectionFlow.max_requests`, apps/flow) is **{limit} "
-            f"requests per second**, its concurrency cap {st['max_concurrency']}; {st['worker_processes']} "
+            f"requests per second** (spread evenly by the limiter, apps/flow/limiter.py), its concurrency cap "
+            f"{st['max_concurrency']}; {st['worker_processes']} "
             f"worker command(s) with a pool of {st['concurrency']}, beat. The ERP is the simulator, which "
             "records the arrival of every request.",
             "",
@@ -397,7 +398,7 @@ def render(results: dict[str, Any], source: Path) -> Path:
         "```sh",
         "bin/bench --quick      # every part small: a few minutes, to check the harness",
         "bin/bench              # full sizes (see --help for every size and setting)",
-        "bin/bench --only burst --burst-invoices 100000 --erp-rate 700",
+        "bin/bench --burst-invoices 100000 --erp-rate 300 --ingest-max-rate 8000   # the committed run",
         "bin/bench --report bench/results/bench-<stamp>.json   # only render this file again",
         "```",
         "",
