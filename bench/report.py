@@ -154,9 +154,9 @@ def _machine(results: dict[str, Any]) -> list[str]:
         f"- Python {m['python']}, Django {m['django']}, Celery {m['celery']}, gunicorn {m['gunicorn']}, "
         f"PostgreSQL {m['postgresql']} (stock settings), {m['redis']}, {m['wrk']}.",
         f"- Load average (1, 5, 15 min) at the start: {m['load_average_at_start']}; at the end: "
-        f"{m.get('load_average_at_end', '?')}. The machine was shared with other work during the run "
-        "(see each part's load average): every ceiling was measured in the same run, on the same "
-        "processes and settings, so the ratios hold better than the absolute figures.",
+        f"{m.get('load_average_at_end', '?')} (each part gives its own). The harness's own processes load "
+        "the machine; anything else running moves the absolute figures: every ceiling is measured in the "
+        "same run, on the same processes and settings, so the ratios hold better than the rates.",
         f"- Code: commit {m.get('commit', '?')}, with {m.get('uncommitted_files', '?')} tracked files changed in the "
         "working tree by sessions working at the same time.",
         "- Everything runs on this one machine: PostgreSQL, Redis, the web and worker processes, the ERP "
@@ -329,7 +329,7 @@ def render(results: dict[str, Any], source: Path) -> Path:
         peak = burst["peak_requests_in_any_1s_window"]
         verdict.append(
             f"| burst drain ≤ 1.10 × ideal ({burst['settings']['invoices']:,} invoices) | ≤ {TARGET_BURST:.2f} | "
-            f"{ratio:.3f} | {_yes(ratio <= TARGET_BURST)} |"
+            f"{ratio:.4f} | {_yes(ratio <= TARGET_BURST)} |"
         )
         verdict.append(
             f"| ERP limit never exceeded (most requests in any 1 s window) | ≤ {limit} | {peak} | "
@@ -367,8 +367,8 @@ def render(results: dict[str, Any], source: Path) -> Path:
             f"| ERP requests the burst needed | {burst['erp_requests']:,} "
             f"({burst['erp_requests_per_invoice']} per invoice) |",
             f"| ideal drain = requests ÷ budget | {burst['ideal_seconds']:,} s |",
-            f"| measured drain (messages sent → last POSTED) | {burst['drain_seconds']:,} s |",
-            f"| **drain ÷ ideal** | **{ratio:.3f}** |",
+            f"| measured drain (first message sent → last POSTED) | {burst['drain_seconds']:,} s |",
+            f"| **drain ÷ ideal** | **{ratio:.4f}** |",
             f"| most requests the ERP saw in any 1 s window (sliding) | {peak} (budget {limit}) |",
             f"| most in one calendar second | {burst['peak_requests_in_a_calendar_second']} |",
             f"| worker CPU seconds during the drain | {burst['cpu_seconds']['workers']} |",
