@@ -258,16 +258,17 @@ def _connector_for(posting: Posting) -> ERPConnector:
 
 
 def execute_posting(posting_id: int) -> str:
+    """Returns the state the posting ended in (or 'skipped' when there was nothing to do).
+
+    The run holds one of its connection's concurrency slots from before the claim to the end, so
+    a slow ERP occupies at most its cap of worker processes; with no slot free the posting is
+    held for a moment and sent again, without using an attempt. Configuration is read under one
+    configuration generation for the whole run (apps/core/config_cache.py)."""
     with config_cache.pinned():
         return _execute_posting(posting_id)
 
 
 def _execute_posting(posting_id: int) -> str:
-    """Returns the state the posting ended in (or 'skipped' when there was nothing to do).
-
-    The run holds one of its connection's concurrency slots from before the claim to the end, so
-    a slow ERP occupies at most its cap of worker processes; with no slot free the posting is
-    held for a moment and sent again, without using an attempt."""
     row = (
         Posting.objects.select_related(
             "connection",
