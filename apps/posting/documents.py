@@ -58,7 +58,7 @@ def _address(data: dict[str, str]) -> Address:
     return Address(**{key: str(data.get(key) or "") for key in Address.__dataclass_fields__})
 
 
-def _mapping_kinds(connection: ERPConnection, which: str) -> frozenset[str]:
+def mapping_kinds(connection: ERPConnection, which: str) -> frozenset[str]:
     """The connector's ``required_mappings`` or ``unused_mappings`` (none for an unknown kind)."""
     try:
         return getattr(connector_class(connection.kind), which)  # type: ignore[no-any-return]
@@ -67,7 +67,7 @@ def _mapping_kinds(connection: ERPConnection, which: str) -> frozenset[str]:
 
 
 def _required(connection: ERPConnection) -> frozenset[str]:
-    return _mapping_kinds(connection, "required_mappings")
+    return mapping_kinds(connection, "required_mappings")
 
 
 def _optional(connection: ERPConnection, kind: str, keys: list[str], what: str) -> str:
@@ -181,7 +181,7 @@ def _line_document(
         amount_minor=line.amount_minor,
         revenue_account=(
             _optional(connection, Mapping.KIND_REVENUE_ACCOUNT, keys, what)
-            if Mapping.KIND_REVENUE_ACCOUNT in _mapping_kinds(connection, "unused_mappings")
+            if Mapping.KIND_REVENUE_ACCOUNT in mapping_kinds(connection, "unused_mappings")
             else _mapped(connection, Mapping.KIND_REVENUE_ACCOUNT, keys, what)
         ),
         tax_code=_mapped(connection, Mapping.KIND_TAX_CODE, keys, what) if line.tax_minor else "",

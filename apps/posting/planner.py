@@ -25,15 +25,17 @@ def _region(customer: Customer | None, legal_entity: object) -> str:
     return (country or getattr(legal_entity, "country", "") or "").upper()
 
 
+def _with_lines(invoice: Invoice) -> None:
+    """Read the invoice's lines with their products once; later ``invoice.lines.all()`` reuse them
+    (Django skips a lookup already prefetched)."""
+    prefetch_related_objects([invoice], Prefetch("lines", queryset=InvoiceLine.objects.select_related("product")))
+
+
 def invoice_facts(invoice: Invoice) -> RouteFacts:
     """An invoice's product line is that of its largest line with a product."""
-    prefetched = "lines" in getattr(invoice, "_prefetched_objects_cache", {})
+    _with_lines(invoice)
     lines = sorted(
-        (
-            line
-            for line in (invoice.lines.all() if prefetched else invoice.lines.select_related("product"))
-            if line.product is not None
-        ),
+        (line for line in invoice.lines.all() if line.product is not None),
         key=lambda line: -abs(line.amount_minor),
     )
     return RouteFacts(
@@ -225,8 +227,7 @@ def plan_invoice(invoice: Invoice) -> list[Posting]:
     """Plans the invoice in every ERP its route names. Raises ``NoRoute`` when no rule takes it."""
     if invoice.status == Invoice.STATUS_VOID:
         return plan_void(invoice)
-    # Routing (product line) and the totals check both read the lines: once, with their products.
-    prefetch_related_objects([invoice], Prefetch("lines", queryset=InvoiceLine.objects.select_related("product")))
+    _with_lines(invoice)  # routing (product line) and the totals check both read them
     route = invoice_route(invoice)
     planned: list[Posting] = []
     with transaction.atomic(savepoint=False):

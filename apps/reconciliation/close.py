@@ -49,12 +49,11 @@ from datetime import UTC, date, datetime, time, timedelta
 from django.db.models import Count, Q, QuerySet, TextChoices
 from django.utils import timezone
 
-from apps.connectors.registry import connector_class
 from apps.console.control_tower import AgeBucket
 from apps.console.models import CaseStatus, ExceptionCase
-from apps.core.errors import ConfigurationError
 from apps.core.models import AuditEvent
 from apps.ledger.models import CreditMemo, CreditMemoLine, Invoice, InvoiceLine, LegalEntity
+from apps.posting.documents import mapping_kinds
 from apps.posting.models import Operation, Posting, PostingState, RedatedPosting
 from apps.reconciliation.models import Difference, HealAction, ReconciliationRun, RunStatus
 from apps.routing.models import ERPConnection, Mapping
@@ -512,10 +511,7 @@ class _Accounts:
 
     def books_revenue_on_items(self, connection: ERPConnection) -> bool:
         if connection.kind not in self._item_revenue:
-            try:
-                unused = connector_class(connection.kind).unused_mappings
-            except ConfigurationError:
-                unused = frozenset()
+            unused = mapping_kinds(connection, "unused_mappings")
             self._item_revenue[connection.kind] = Mapping.KIND_REVENUE_ACCOUNT in unused
         return self._item_revenue[connection.kind]
 
